@@ -1,0 +1,3 @@
+from fer_core.cli import main
+
+main()

@@ -1,0 +1,45 @@
+"""fer-core's own plugin: the built-in components, registered through the same hooks."""
+
+from fer_core.hookspecs import hookimpl
+
+_AUGMENTS = {
+    "resize": "resize the image to `size` pixels",
+    "random_resized_crop": "random crop of `scale` of the area, resized to `size`",
+    "hflip": "horizontal flip with probability `p`",
+    "rotation": "random rotation within +-`degrees`",
+    "color_jitter": "brightness/contrast/saturation/hue jitter",
+    "random_erasing": "erase a random rectangle with probability `p`",
+    "randaugment": "RandAugment (`num_ops`, `magnitude`)",
+    "autoaugment": "AutoAugment with an ImageNet/CIFAR/SVHN `policy`",
+    "grayscale": "convert to grey with probability `p`, keeping the channel count",
+}
+
+
+@hookimpl
+def register_encoders(register):
+    register("identity", "fer_core.builtin.encoders:build_identity",
+             summary="passes images through to an image backbone")
+
+
+@hookimpl
+def register_backbones(register):
+    register("timm", "fer_core.builtin.timm_backbone:build_timm",
+             summary="any timm image model (resnet18, vit_tiny_patch16_224, convnext...)")
+
+
+@hookimpl
+def register_heads(register):
+    register("linear", "fer_core.builtin.heads:build_linear", summary="dropout + linear layer")
+    register("mlp", "fer_core.builtin.heads:build_mlp", summary="two-layer MLP with GELU and dropout")
+
+
+@hookimpl
+def register_losses(register):
+    register("cross_entropy", "fer_core.builtin.losses:build_cross_entropy", aliases=("ce",),
+             summary="cross-entropy with label smoothing, class weights and soft targets")
+
+
+@hookimpl
+def register_augments(register):
+    for name, summary in _AUGMENTS.items():
+        register(name, f"fer_core.builtin.augments:{name}", summary=summary)

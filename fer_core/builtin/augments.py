@@ -1,0 +1,62 @@
+"""Sample-stage image augments: torchvision v2 transforms on one image [C,H,W] in [0,1]."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+
+class SampleAugment(nn.Module):
+    """Wraps a torchvision v2 transform as a sample-stage augment (picklable for workers)."""
+
+    stage = "sample"
+    spaces = ("image",)
+
+    def __init__(self, transform: nn.Module):
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.transform(image)
+
+
+def _uint8_policy(transform: nn.Module) -> nn.Module:
+    # AutoAugment-family ops quantise colours; run them on uint8 and return floats in [0,1].
+    return v2.Compose([v2.ToDtype(torch.uint8, scale=True), transform, v2.ToDtype(torch.float32, scale=True)])
+
+
+def resize(size: int = 224) -> SampleAugment:
+    return SampleAugment(v2.Resize((size, size), antialias=True))
+
+
+def random_resized_crop(size: int = 224, scale: list[float] = (0.8, 1.0), ratio: list[float] = (0.9, 1.1)) -> SampleAugment:
+    return SampleAugment(v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), antialias=True))
+
+
+def hflip(p: float = 0.5) -> SampleAugment:
+    return SampleAugment(v2.RandomHorizontalFlip(p))
+
+
+def rotation(degrees: float = 10.0) -> SampleAugment:
+    return SampleAugment(v2.RandomRotation(degrees))
+
+
+def color_jitter(brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2, hue: float = 0.0) -> SampleAugment:
+    return SampleAugment(v2.ColorJitter(brightness, contrast, saturation, hue))
+
+
+def random_erasing(p: float = 0.25, scale: list[float] = (0.02, 0.2)) -> SampleAugment:
+    return SampleAugment(v2.RandomErasing(p, scale=tuple(scale)))
+
+
+def randaugment(num_ops: int = 2, magnitude: int = 9) -> SampleAugment:
+    return SampleAugment(_uint8_policy(v2.RandAugment(num_ops, magnitude)))
+
+
+def autoaugment(policy: str = "imagenet") -> SampleAugment:
+    return SampleAugment(_uint8_policy(v2.AutoAugment(v2.AutoAugmentPolicy(policy.lower()))))
+
+
+def grayscale(p: float = 0.1) -> SampleAugment:
+    return SampleAugment(v2.RandomGrayscale(p))

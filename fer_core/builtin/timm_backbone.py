@@ -1,0 +1,63 @@
+"""Any timm image model as a backbone: images [B,C,H,W] in [0,1] -> pooled features [B,F]."""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+from fer_core.errors import FerError, RecipeError
+
+
+class TimmBackbone(nn.Module):
+    input_kind = "image"
+
+    def __init__(self, model: nn.Module, normalize: bool):
+        super().__init__()
+        self.model = model
+        self.num_features = model.num_features
+        cfg = model.pretrained_cfg or {}
+        mean, std = cfg.get("mean", (0.5, 0.5, 0.5)), cfg.get("std", (0.5, 0.5, 0.5))
+        self.normalize = normalize
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            channels = images.shape[1]
+            images = (images - self.mean[:, :channels]) / self.std[:, :channels]
+        return self.model(images)
+
+
+def build_timm(
+    model: str = "resnet18",
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    drop_rate: float = 0.0,
+    drop_path_rate: float | None = None,
+    grad_checkpointing: bool = False,
+    img_size: int | None = None,
+    normalize: bool = True,
+    image_size: int = 224,
+    in_chans: int = 3,
+) -> TimmBackbone:
+    """Build ``timm.create_model(model, num_classes=0)``; ``pretrained_file`` loads local weights."""
+    if not timm.is_model(model):
+        close = timm.list_models(f"*{model.split('_')[0]}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise RecipeError(f"model.backbone.model: timm has no model {model!r}{hint}")
+    kwargs: dict = {"num_classes": 0, "in_chans": in_chans, "drop_rate": drop_rate}
+    if drop_path_rate is not None:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if pretrained_file:
+        kwargs["pretrained_cfg_overlay"] = {"file": pretrained_file}
+    size = img_size or image_size
+    try:
+        net = timm.create_model(model, pretrained=pretrained or bool(pretrained_file), img_size=size, **kwargs)
+    except TypeError:  # convnets take any input size and no img_size argument
+        net = timm.create_model(model, pretrained=pretrained or bool(pretrained_file), **kwargs)
+    except (OSError, RuntimeError) as exc:
+        raise FerError(f"cannot load weights for timm model {model!r}: {exc}") from exc
+    if grad_checkpointing:
+        net.set_grad_checkpointing(True)
+    return TimmBackbone(net, normalize)

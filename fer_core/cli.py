@@ -1,0 +1,136 @@
+"""The ``fer`` command: click commands, rich output, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from fer_core import __version__
+from fer_core.errors import FerError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class FerGroup(click.Group):
+    """Turns FerError (and any unexpected exception) into one line on stderr, exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            err_console.print("[red]interrupted[/]")
+            sys.exit(130)
+        except Exception as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            message = str(exc) if isinstance(exc, FerError) else f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+
+@click.group(cls=FerGroup)
+@click.version_option(__version__, prog_name="fer")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Facial expression recognition: recipes in, trained and evaluated models out."""
+    ctx.obj = {"debug": debug}
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List plugins, their status and the components they provide."""
+    from fer_core.plugins import get_host
+
+    host = get_host()
+    if as_json:
+        click.echo(json.dumps([p.as_dict() for p in host.plugins], indent=2))
+        return
+    table = Table(title="fer plugins", show_lines=False)
+    for column in ("plugin", "distribution", "version", "status", "components"):
+        table.add_column(column)
+    for p in host.plugins:
+        status = "[green]loaded[/]" if p.status == "loaded" else f"[red]{p.status}[/]"
+        if p.error:
+            status += f"\n[red]{p.error}[/]"
+        comps = "\n".join(f"{c.kind} [bold]{c.name}[/]: {c.summary}" for c in p.components)
+        table.add_row(p.name, p.dist, p.version, status, comps)
+    console.print(table)
+
+
+@main.group()
+def recipe() -> None:
+    """Check and show recipes."""
+
+
+def _load(path: str, overrides: tuple[str, ...]) -> dict:
+    from fer_core.plugins import get_registry
+    from fer_core.recipe import load_recipe
+
+    return load_recipe(path, overrides, registry=get_registry())
+
+
+@recipe.command("check")
+@click.argument("path", type=click.Path())
+@click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
+def recipe_check(path: str, overrides: tuple[str, ...]) -> None:
+    """Validate RECIPE (exit 0 when valid, 2 with a one-line error otherwise)."""
+    resolved = _load(path, overrides)
+    model = resolved["model"]
+    parts = " -> ".join(model[k]["name"] for k in ("encoder", "backbone", "head") if k in model)
+    console.print(f"[green]ok[/] {resolved['name']}: {parts}", highlight=False)
+
+
+@recipe.command("show")
+@click.argument("path", type=click.Path())
+@click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
+def recipe_show(path: str, overrides: tuple[str, ...]) -> None:
+    """Print the fully resolved RECIPE as YAML."""
+    from fer_core.recipe import dump
+
+    click.echo(dump(_load(path, overrides)), nl=False)
+
+
+@main.command("run")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(), required=False)
+@click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False), help="Continue the run in RUN_DIR exactly.")
+@click.option("--out", type=click.Path(file_okay=False), help="Parent directory of runs (default: output.dir).")
+@click.option("--keep", type=int, help="Also keep the last N epoch checkpoints.")
+@click.option("--nproc", type=int, default=1, show_default=True, help="Train with N processes (DDP via torchrun).")
+def run_command(recipe_path, overrides, resume, out, keep, nproc) -> None:
+    """Train RECIPE, evaluate it and write a run directory."""
+    if nproc > 1:
+        from fer_core.launch import launch
+
+        sys.exit(launch(nproc, sys.argv[1:]))
+    from fer_core.train import run
+
+    if resume:
+        run(None, resume=resume)
+        return
+    if not recipe_path:
+        raise FerError("fer run needs a RECIPE file (or --resume RUN_DIR)")
+    resolved = _load(recipe_path, overrides + ((f"train.keep={keep}",) if keep is not None else ()))
+    run(resolved, out=out)
+
+
+def _add_subcommands() -> None:
+    """Attach command groups that live beside their code."""
+    from fer_core.data.cli import data
+
+    main.add_command(data)
+
+
+_add_subcommands()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Evaluation with torchmetrics, and the reports written from it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from fer_core.runs import write_json, write_text
+
+
+def metric_collection(num_classes: int) -> MetricCollection:
+    c = num_classes
+    return MetricCollection({
+        "accuracy": MulticlassAccuracy(c, average="micro"),
+        "f1_macro": MulticlassF1Score(c, average="macro"),
+        "f1_weighted": MulticlassF1Score(c, average="weighted"),
+        "precision": MulticlassPrecision(c, average="none"),
+        "recall": MulticlassRecall(c, average="none"),
+        "f1": MulticlassF1Score(c, average="none"),
+        "confusion": MulticlassConfusionMatrix(c),
+    })
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, device: torch.device,
+             *, encoded: bool = False, tta: str | None = None, amp_dtype: torch.dtype | None = None,
+             loss_fn: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Metrics of ``model`` over ``batches`` of (inputs, targets, keys); synced across DDP ranks."""
+    was_training = model.training
+    model.eval()
+    metrics = metric_collection(num_classes).to(device)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    count = torch.zeros((), device=device, dtype=torch.float64)
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext())
+    for inputs, targets, _ in batches:
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with autocast:
+            logits = predict_logits(model, inputs, encoded=encoded, tta=tta)
+        logits = logits.float()
+        hard = targets.argmax(dim=1) if targets.is_floating_point() else targets
+        if loss_fn is not None:
+            loss_sum += loss_fn(logits, targets).double() * len(hard)
+        count += len(hard)
+        metrics.update(logits, hard)
+    result = metrics.compute()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(loss_sum)
+        torch.distributed.all_reduce(count)
+    model.train(was_training)
+    out: dict[str, Any] = {k: result[k].item() for k in ("accuracy", "f1_macro", "f1_weighted")}
+    if loss_fn is not None:
+        out["loss"] = (loss_sum / count.clamp_min(1)).item()
+    confusion = result["confusion"].long()
+    out["per_class"] = {
+        "precision": result["precision"].tolist(),
+        "recall": result["recall"].tolist(),
+        "f1": result["f1"].tolist(),
+        "support": confusion.sum(dim=1).tolist(),
+    }
+    out["confusion"] = confusion.tolist()
+    out["samples"] = int(count.item())
+    return out
+
+
+def predict_logits(model: torch.nn.Module, inputs: torch.Tensor, *, encoded: bool = False,
+                   tta: str | None = None) -> torch.Tensor:
+    logits, _ = model(inputs, encoded=encoded)
+    if tta == "flip" and not encoded:
+        flipped, _ = model(torch.flip(inputs, dims=[3]))
+        logits = (logits.float().softmax(1) + flipped.float().softmax(1)).div(2).log()
+    return logits
+
+
+# -- reports ------------------------------------------------------------------
+def write_report(run_dir: Path, name: str, result: Mapping[str, Any], classes: list[str],
+                 split: str, extra: Mapping[str, Any] | None = None) -> None:
+    """report.json, report.md and confusion.png of one evaluation."""
+    report = {"recipe": name, "split": split, "classes": classes, **result, **(extra or {})}
+    write_json(run_dir / "report.json", report)
+    write_text(run_dir / "report.md", report_markdown(report))
+    plot_confusion(run_dir / "confusion.png", result["confusion"], classes)
+
+
+def report_markdown(report: Mapping[str, Any]) -> str:
+    classes, per = report["classes"], report["per_class"]
+    lines = [f"# {report['recipe']}: {report['split']} split", "",
+             f"- samples: {report['samples']}",
+             f"- accuracy: {report['accuracy']:.4f}",
+             f"- macro F1: {report['f1_macro']:.4f}",
+             f"- weighted F1: {report['f1_weighted']:.4f}", "",
+             "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for i, name in enumerate(classes):
+        lines.append(f"| {name} | {per['precision'][i]:.3f} | {per['recall'][i]:.3f} | "
+                     f"{per['f1'][i]:.3f} | {per['support'][i]} |")
+    lines += ["", "Confusion matrix (rows: true, columns: predicted)", "",
+              "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+    for i, row in enumerate(report["confusion"]):
+        lines.append(f"| {classes[i]} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(classes), 0.6 + 0.8 * len(classes)))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = max(max(row) for row in confusion) or 1
+    for i, row in enumerate(confusion):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > top / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report_table(report: Mapping[str, Any]):
+    """A rich table of per-class scores and the confusion matrix."""
+    from rich.table import Table
+
+    classes, per = report["classes"], report["per_class"]
+    table = Table(title=f"{report['recipe']} — {report['split']}: accuracy {report['accuracy']:.4f}, "
+                        f"macro F1 {report['f1_macro']:.4f}, weighted F1 {report['f1_weighted']:.4f}")
+    table.add_column("true \\ pred")
+    for name in classes:
+        table.add_column(name[:5], justify="right")
+    for column in ("prec", "rec", "F1", "n"):
+        table.add_column(column, justify="right")
+    for i, name in enumerate(classes):
+        row = [str(v) for v in report["confusion"][i]]
+        table.add_row(name, *row, f"{per['precision'][i]:.2f}", f"{per['recall'][i]:.2f}",
+                      f"{per['f1'][i]:.2f}", str(per["support"][i]))
+    return table

@@ -1,0 +1,213 @@
+"""LatentViT: a Vision Transformer over StyleGAN latent tokens.
+
+An image inverted into StyleGAN's extended latent space W+ is a stack of 18 style
+vectors (one per generator layer, 512 wide): coarse rows (0-3) carry pose and face
+shape, middle rows (4-7) facial features and expression, fine rows (8-17) colour
+and texture. LatentViT treats every row as a token, so attention can weigh the
+layers against each other; the CLS token's output is the feature vector.
+
+Papers:
+    An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale
+        (ViT) - https://arxiv.org/abs/2010.11929
+    Encoding in Style: a StyleGAN Encoder for Image-to-Image Translation
+        (pSp, the w+ encoder) - https://arxiv.org/abs/2008.00951
+    Designing an Encoder for StyleGAN Image Manipulation
+        (e4e) - https://arxiv.org/abs/2102.02766
+    BEiT: BERT Pre-Training of Image Transformers
+        (layer-wise learning-rate decay) - https://arxiv.org/abs/2106.08254
+
+The model works on any latent shape [T, D] (w+ [18, 512], a VAE-GAN z [1, 256],
+...): the core passes the encoder's ``latent_shape`` to the factory.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+from timm.layers import calculate_drop_path_rates, trunc_normal_
+from timm.models import group_parameters, named_apply
+from timm.models.vision_transformer import Block, init_weights_vit_timm
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
+from fer_core.errors import FerError
+
+__all__ = ["LatentTokenizer", "LatentViT", "build_latent_vit"]
+
+POOLS = ("cls", "mean")
+
+
+class LatentTokenizer(nn.Module):
+    """Latents [B, T, D] -> tokens [B, P + T, E]: a linear projection of every row,
+    an optional learned CLS token in front (P = 1), and a learned position embedding.
+
+    Reused by fer-hybridvit (``from fer_latentvit.latent_vit import LatentTokenizer``).
+    """
+
+    def __init__(self, num_tokens: int, latent_dim: int, embed_dim: int, class_token: bool = True):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.latent_dim = latent_dim
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.proj = nn.Linear(latent_dim, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + num_tokens, embed_dim))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.proj.weight, std=0.02)
+        nn.init.zeros_(self.proj.bias)
+        trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            trunc_normal_(self.cls_token, std=0.02)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        if latents.ndim != 3 or tuple(latents.shape[1:]) != (self.num_tokens, self.latent_dim):
+            raise FerError(
+                f"latent tokenizer was built for latents [B, {self.num_tokens}, {self.latent_dim}] but got "
+                f"{list(latents.shape)}; rebuild the model for this encoder's latent_shape"
+            )
+        x = self.proj(latents.to(self.proj.weight.dtype))  # cached latents are stored as float16
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return x + self.pos_embed
+
+
+class LatentViT(nn.Module):
+    """Pre-norm transformer over latent tokens; features are the CLS output (or the token mean)."""
+
+    input_kind = "latent"
+
+    def __init__(
+        self,
+        latent_shape: tuple[int, int],
+        embed_dim: int = 512,
+        depth: int = 6,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        pool: str = "cls",
+    ):
+        super().__init__()
+        num_tokens, latent_dim = latent_shape
+        self.latent_shape = (int(num_tokens), int(latent_dim))
+        self.pool = pool
+        self.num_features = self.embed_dim = embed_dim
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+
+        self.tokenizer = LatentTokenizer(num_tokens, latent_dim, embed_dim, class_token=pool == "cls")
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = calculate_drop_path_rates(drop_path_rate, depth)  # stochastic depth grows linearly with depth
+        self.blocks = nn.Sequential(*[
+            Block(
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=True,
+                proj_drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[i],
+                norm_layer=norm_layer,
+            )
+            for i in range(depth)
+        ])
+        self.norm = norm_layer(embed_dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        # timm ViT init: trunc_normal_(std=.02) linears, zero biases, unit norms; the tokenizer inits itself
+        named_apply(init_weights_vit_timm, self)
+
+    # --- optimiser support (timm conventions) ---
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"tokenizer.pos_embed", "tokenizer.cls_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer ids for layer-wise lr decay: tokenizer 0, blocks 1..depth, final norm depth + 1.
+
+        Unlike timm's ViT (whose final norm shares the last block's id), the norm is a layer of its own.
+        """
+        return dict(stem=r"^tokenizer", blocks=r"^blocks\.(\d+)", norm=r"^norm")
+
+    def param_groups(self, lr: float, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+        """Optimizer param groups: no weight decay on norms, biases, pos_embed and cls_token; with
+        ``layer_decay`` the parameters of layer id i get ``lr * layer_decay ** (depth + 1 - i)``."""
+        no_decay = sorted(self.no_weight_decay())
+        if layer_decay is None:
+            groups = param_groups_weight_decay(self, weight_decay, no_weight_decay_list=no_decay)
+            for group in groups:
+                group["lr"] = lr
+                group["name"] = "decay" if group["weight_decay"] else "no_decay"
+            return groups
+        groups = param_groups_layer_decay(
+            self, weight_decay=weight_decay, no_weight_decay_list=no_decay, layer_decay=layer_decay
+        )
+        layer_ids = param_layer_ids(self)
+        names = {id(p): n for n, p in self.named_parameters()}
+        for group in groups:
+            # timm returns an lr_scale that timm's schedulers multiply in; fer-core groups carry the final lr
+            scale = group.pop("lr_scale")
+            layer_id = layer_ids[names[id(group["params"][0])]]
+            group["lr"] = lr * scale
+            group["name"] = f"layer_{layer_id}_{'decay' if group['weight_decay'] else 'no_decay'}"
+        return groups
+
+    # --- forward ---
+
+    def forward_features(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, T, D] -> normed tokens [B, P + T, E]."""
+        x = self.pos_drop(self.tokenizer(latents))
+        x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.pool == "cls":
+            return tokens[:, 0]
+        return tokens[:, self.tokenizer.num_prefix_tokens:].mean(dim=1)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(latents))
+
+
+def param_layer_ids(model: LatentViT) -> dict[str, int]:
+    """Parameter name -> layer id (as used by timm's layer decay)."""
+    return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+
+
+def build_latent_vit(
+    latent_shape: tuple[int, int] | None = None,
+    embed_dim: int = 512,
+    depth: int = 6,
+    heads: int = 8,
+    mlp_ratio: float = 4.0,
+    dropout: float = 0.0,
+    attn_dropout: float = 0.0,
+    drop_path_rate: float = 0.0,
+    pool: str = "cls",
+) -> LatentViT:
+    """Build a LatentViT for the encoder's latent shape (T, D), which the core passes in."""
+    if latent_shape is None:
+        raise FerError("latent_vit needs a latent encoder (psp, e4e, vaegan...); model.encoder is 'identity'")
+    if pool not in POOLS:
+        raise FerError(f"latent_vit pool must be one of {', '.join(POOLS)}; got {pool!r}")
+    if embed_dim % heads:
+        raise FerError(f"latent_vit embed_dim ({embed_dim}) must be divisible by heads ({heads})")
+    if depth < 1:
+        raise FerError(f"latent_vit depth must be at least 1; got {depth}")
+    return LatentViT(
+        tuple(latent_shape),
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=mlp_ratio,
+        drop_rate=dropout,
+        attn_drop_rate=attn_dropout,
+        drop_path_rate=drop_path_rate,
+        pool=pool,
+    )
