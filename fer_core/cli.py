@@ -123,6 +123,70 @@ def run_command(recipe_path, overrides, resume, out, keep, nproc) -> None:
     run(resolved, out=out)
 
 
+@main.command("eval")
+@click.argument("run_or_checkpoint", type=click.Path(exists=True))
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), help="Evaluate on another packed data set.")
+@click.option("--split", default="test", show_default=True, help="Split to evaluate.")
+@click.option("--tta", type=click.Choice(["flip"]), help="Test-time augmentation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_command(run_or_checkpoint, data_dir, split, tta, as_json) -> None:
+    """Evaluate a trained run (its best checkpoint) on a split."""
+    import torch
+
+    from fer_core.data.sources import make_loader
+    from fer_core.evaluate import evaluate, report_table
+    from fer_core.inference import load_trained
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    trained = load_trained(run_or_checkpoint, device)
+    data = dict(trained.recipe["data"])
+    if data_dir:
+        data.update(root=data_dir, sources=None)
+    loader = make_loader(data, split, trained.classes, trained.recipe["eval"]["batch_size"], train=False,
+                         seed=trained.recipe["seed"])
+    result = evaluate(trained.model, loader, len(trained.classes), torch.device(device), tta=tta)
+    if as_json:
+        click.echo(json.dumps({"checkpoint": str(trained.checkpoint), "split": split, **result}, indent=2))
+        return
+    console.print(report_table({"recipe": trained.recipe["name"], "split": split, "classes": trained.classes, **result}))
+
+
+@main.command("predict")
+@click.argument("run_or_checkpoint", type=click.Path(exists=True))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", default=3, show_default=True, help="Probabilities to show per image.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one per image.")
+def predict_command(run_or_checkpoint, images, top_k, batch_size, as_json) -> None:
+    """Predict the expression of each IMAGE file."""
+    from fer_core.inference import load_trained, predict_files
+
+    trained = load_trained(run_or_checkpoint)
+    results = predict_files(trained, list(images), batch_size=batch_size, top_k=top_k)
+    if as_json:
+        for r in results:
+            click.echo(json.dumps(r))
+        return
+    table = Table(title=f"{trained.recipe['name']} predictions")
+    for column in ("image", "label", "confidence", f"top {top_k}"):
+        table.add_column(column)
+    for r in results:
+        others = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top_k"])
+        table.add_row(r["image"], r["label"], f"{r['confidence']:.3f}", others)
+    console.print(table)
+
+
+@main.command("compare")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--metric", default="accuracy", show_default=True,
+              type=click.Choice(["accuracy", "f1_macro", "f1_weighted"]), help="Sort by this test metric.")
+def compare_command(runs, metric) -> None:
+    """Compare finished runs in one table, with the recipe keys that differ."""
+    from fer_core.compare import compare_table
+
+    console.print(compare_table(runs, metric))
+
+
 def _add_subcommands() -> None:
     """Attach command groups that live beside their code."""
     from fer_core.data.cli import data

@@ -36,6 +36,11 @@ class PluginInfo:
     error: str | None = None
     components: list[Component] = field(default_factory=list)
 
+    @property
+    def key(self) -> str:
+        """Unique within a host: two distributions may use the same entry-point name."""
+        return f"{self.dist}:{self.name}"
+
     def as_dict(self) -> dict:
         return {
             "name": self.name,
@@ -56,6 +61,16 @@ def _names(value: str | None) -> set[str]:
 
 def _normal(name: str) -> str:
     return name.lower().replace("_", "-")
+
+
+def _check_registration(name: object, target: object, aliases: object) -> None:
+    """Catch a malformed ``register`` call inside the hook, so only that plugin is skipped."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"component names must be non-empty strings, got {name!r}")
+    if not callable(target) and not (isinstance(target, str) and ":" in target):
+        raise TypeError(f"target of {name!r} must be 'module:factory' or a callable, got {target!r}")
+    if isinstance(aliases, str) or not all(isinstance(a, str) and a for a in aliases):
+        raise TypeError(f"aliases of {name!r} must be a list of names, got {aliases!r}")
 
 
 class PluginHost:
@@ -112,20 +127,21 @@ class PluginHost:
             self._fail(info, f"unknown hook {unknown[0]!r}; hooks are {', '.join(HOOKS.values())}")
             return
         try:
-            self._pm.register(module, name=info.name)
+            self._pm.register(module, name=info.key)
         except Exception as exc:
             self._fail(info, f"invalid hooks: {exc}")
 
     def _call_hook(self, kind: str) -> None:
-        by_name = {p.name: p for p in self.plugins}
-        for impl in reversed(getattr(self._pm.hook, HOOKS[kind]).get_hookimpls()):
-            info = by_name[impl.plugin_name]
+        by_key = {p.key: p for p in self.plugins}
+        for impl in getattr(self._pm.hook, HOOKS[kind]).get_hookimpls():  # registration order: built-ins first
+            info = by_key[impl.plugin_name]
             if info.status != "loaded":
                 continue
             found: list[Component] = []
 
             def register(name, target, *, summary="", aliases=(), _found=found, _info=info):
-                _found.append(Component(kind, name, target, summary, _info.dist, tuple(aliases)))
+                _check_registration(name, target, aliases)
+                _found.append(Component(kind, name, target, str(summary), _info.dist, tuple(aliases)))
 
             try:
                 impl.function(register=register)
@@ -138,8 +154,8 @@ class PluginHost:
 
     def _fail(self, info: PluginInfo, error: str) -> None:
         info.status, info.error = "failed", error
-        if self._pm.get_plugin(info.name) is not None:
-            self._pm.unregister(name=info.name)
+        if self._pm.get_plugin(info.key) is not None:
+            self._pm.unregister(name=info.key)
         for component in info.components:  # drop what it registered before failing
             table = self.registry.components[component.kind]
             for n in (component.name, *component.aliases):

@@ -8,6 +8,7 @@ signatures through the registry.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -113,11 +114,26 @@ METRICS = ("accuracy", "f1_macro", "f1_weighted", "loss")
 
 
 # -- loading ----------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.2), the way researchers write rates."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _parse(path.read_text())
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
         raise RecipeError(f"{path}:{line}: malformed YAML: {exc.problem}") from None
@@ -130,15 +146,29 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key; lists and scalars from ``top`` replace."""
+def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Mappings merge key by key; lists and scalars from ``top`` replace.
+
+    A component (``model.backbone``, ``loss``...) whose ``name`` changes is replaced
+    whole: the old factory's parameters mean nothing to the new one.
+    """
     out = copy.deepcopy(dict(base))
     for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
+        old, here = out.get(key), (*path, key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping) and not _renamed(here, old, value):
+            out[key] = deep_merge(old, value, here)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _renamed(path: tuple[str, ...], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    rule: Any = SCHEMA
+    for key in path:
+        if not isinstance(rule, dict) or key not in rule:
+            return False
+        rule = rule[key]
+    return rule == COMPONENT and "name" in new and new["name"] != old.get("name")
 
 
 def load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -151,6 +181,8 @@ def load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     parents = data.pop("extends", None) or []
     if isinstance(parents, str):
         parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise RecipeError(f"{path.name}: extends: expected a file name or a list of them, got {parents!r}")
     merged: dict[str, Any] = {}
     for parent in parents:
         parent_path = path.parent / str(parent)
@@ -166,7 +198,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise RecipeError(f"-s {text}: overrides look like key.path=value, e.g. train.epochs=5")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _parse(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise RecipeError(f"-s {text}: the value is not valid YAML") from None
     return key.strip().split("."), value
@@ -273,13 +305,13 @@ def validate_semantics(recipe: Mapping[str, Any]) -> None:
     for key in ("epochs", "batch_size", "accumulate"):
         if train[key] < 1:
             raise RecipeError(f"train.{key}: must be at least 1, got {train[key]}")
-    metrics = [recipe["eval"]["metric"]]
+    metrics = {"eval.metric": recipe["eval"]["metric"]}
     if "early_stopping" in train:
-        metrics.append(train["early_stopping"].get("metric", recipe["eval"]["metric"]))
-    for metric in metrics:
+        metrics["train.early_stopping.metric"] = train["early_stopping"].get("metric", recipe["eval"]["metric"])
+    for where, metric in metrics.items():
         if metric not in METRICS:
-            raise RecipeError(f"eval.metric: unknown metric {metric!r}{suggest(metric, METRICS)}; "
-                              f"choose from {', '.join(METRICS)}")
+            raise RecipeError(f"{where}: unknown metric {metric!r}; choose from {', '.join(METRICS)}"
+                              f"{suggest(metric, METRICS)}")
     if recipe["optim"]["lr"] <= 0:
         raise RecipeError(f"optim.lr: must be positive, got {recipe['optim']['lr']}")
 

@@ -110,7 +110,7 @@ class Registry:
         where = f"{path}: " if path else ""
         installed = ", ".join(self.names(kind)) or "none"
         raise RecipeError(
-            f"{where}unknown {kind} {name!r}{suggest(name, list(table))}; installed: {installed}"
+            f"{where}unknown {kind} {name!r}; installed: {installed}{suggest(name, list(table))}"
         )
 
     def check_params(self, kind: str, spec: Mapping[str, Any], path: str) -> Component:

@@ -1,0 +1,34 @@
+# Two entry points for newcomers:  `make demo` (install + train the quickstart recipe end to end)
+# and `make test` (install + run every test of the core and the plugins).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FER := $(VENV)/bin/fer
+PLUGINS := $(sort $(wildcard plugins/fer-*))
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools
+	$(PY) -m pip install -q -e '.[test]' $(foreach p,$(PLUGINS),-e $(p))
+	touch $(STAMP)
+
+demo: install
+	$(FER) plugins
+	$(FER) recipe check recipes/quickstart.yaml
+	$(FER) run recipes/quickstart.yaml
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/cli_startup.py
+	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/trainer_overhead.py
+
+clean:
+	rm -rf $(VENV) runs data
