@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 import timm
 import torch
 from torch import nn
@@ -43,7 +45,8 @@ def build_timm(
 ) -> TimmBackbone:
     """Build ``timm.create_model(model, num_classes=0)``; ``pretrained_file`` loads local weights."""
     if not timm.is_model(model):
-        close = timm.list_models(f"*{model.split('_')[0]}*")[:5]
+        close = difflib.get_close_matches(model, timm.list_models(), n=5, cutoff=0.7)
+        close = close or timm.list_models(f"*{model.split('_')[0]}*")[:5]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise RecipeError(f"model.backbone.model: timm has no model {model!r}{hint}")
     kwargs: dict = {"num_classes": 0, "in_chans": in_chans, "drop_rate": drop_rate}

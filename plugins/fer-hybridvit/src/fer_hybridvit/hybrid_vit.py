@@ -1,0 +1,376 @@
+"""HybridViT: an ImageNet-pretrained ViT transformer fine-tuned on StyleGAN latent tokens.
+
+A StyleGAN-inversion encoder (pSp, e4e) turns a face into its w+ code, 18 style
+vectors of 512 numbers ordered coarse (pose, shape) to fine (colour, texture).
+HybridViT feeds those 18 rows to the transformer of a ViT pretrained on ImageNet:
+the patch embedding is dropped, a new linear projection maps each latent row to the
+ViT's width, the pretrained position embedding is resampled from the patch grid
+(14 x 14 = 196 positions for a 224 px / 16 px ViT) to the 18 latent positions, the
+pretrained CLS token is kept, and the whole is fine-tuned (``full``), tuned through
+small bottleneck adapters (``adapter``), probed (``linear_probe``) or partially
+frozen (``partial``).
+
+    w+ [B,18,512] ─Linear 512->E─> +CLS, +resampled pos ─pretrained ViT blocks─> norm ─CLS─> [B,E]
+
+Papers:
+    An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale
+        (ViT) - https://arxiv.org/abs/2010.11929
+    How to train your ViT? Data, Augmentation, and Regularization in Vision Transformers
+        (the AugReg ImageNet weights timm ships) - https://arxiv.org/abs/2106.10270
+    Parameter-Efficient Transfer Learning for NLP
+        (Houlsby bottleneck adapters) - https://arxiv.org/abs/1902.00751
+    AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition
+        (adapters in ViT blocks, zero-initialised up-projection) - https://arxiv.org/abs/2205.13535
+    BEiT: BERT Pre-Training of Image Transformers
+        (layer-wise learning-rate decay) - https://arxiv.org/abs/2106.08254
+    Encoding in Style: a StyleGAN Encoder for Image-to-Image Translation
+        (pSp, the w+ encoder) - https://arxiv.org/abs/2008.00951
+
+Position embedding for a 1-D sequence: the latent rows are an ordered 1-D sequence
+(generator layers, coarse to fine), so the 14 x 14 grid is resampled to a 1 x T grid
+with timm's ``resample_abs_pos_embed`` (antialiased bicubic): each latent token gets
+a row-averaged column embedding, and neighbouring rows get similar, smoothly changing
+codes. An (h, w) grid with h * w = T would invent 2-D neighbours (rows i and i + w)
+and put wrap-around jumps between neighbouring rows; flattening the grid and
+interpolating in 1-D would mix the embeddings of opposite image edges at every
+raster-line break. The prefix (CLS) position embedding is copied unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from timm import create_model, is_model, list_models
+from timm.layers import Mlp, resample_abs_pos_embed
+from timm.models import group_parameters, load_checkpoint
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+from fer_core.errors import CheckpointError, FerError
+from fer_core.registry import suggest
+from fer_latentvit.latent_vit import LatentTokenizer
+
+__all__ = [
+    "Adapter", "MlpWithAdapter", "HybridViT", "latent_pos_embed", "create_vit", "build_hybrid_vit",
+]
+
+STRATEGIES = ("full", "adapter", "linear_probe", "partial")
+POOLS = ("cls", "mean")
+PARTS = ("blocks", "pos", "proj")  # parameter roles with their own lr multiplier
+MODEL_SIZES = {
+    "tiny": "vit_tiny_patch16_224",
+    "small": "vit_small_patch16_224",
+    "base": "vit_base_patch16_224",
+}
+
+
+class Adapter(Mlp):
+    """Bottleneck adapter Linear(d -> r) -> GELU -> Linear(r -> d).
+
+    The up-projection (fc2) starts at zero, so the adapter outputs 0 and the
+    pretrained block computes exactly what it computed before.
+    """
+
+    def __init__(self, dim: int, bottleneck: int):
+        super().__init__(dim, hidden_features=bottleneck, out_features=dim, act_layer=nn.GELU)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+
+class MlpWithAdapter(nn.Module):
+    """A block's MLP followed by a residual adapter: ``h = mlp(x); h + adapter(h)``.
+
+    Houlsby placement (sequential, after the MLP, inside the block's residual branch,
+    so LayerScale and stochastic depth act on it as on the MLP). Installed as the
+    block's ``mlp``, so timm's ``Block.forward`` is used unchanged.
+    """
+
+    def __init__(self, base: nn.Module, dim: int, bottleneck: int):
+        super().__init__()
+        self.base = base
+        self.adapter = Adapter(dim, bottleneck)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.base(x)
+        return h + self.adapter(h)
+
+
+def _eval_frozen(module: nn.Module) -> None:
+    """Put every sub-module whose parameters are all frozen into eval mode (no dropout, no drop path)."""
+    for child in module.children():
+        params = list(child.parameters())
+        if not params:
+            continue
+        if not any(p.requires_grad for p in params):
+            child.eval()
+        else:
+            _eval_frozen(child)
+
+
+class HybridViT(nn.Module):
+    """A timm VisionTransformer's CLS token, position embedding and blocks over latent tokens.
+
+    Built from an (optionally pretrained) ``VisionTransformer``: its blocks, norms and
+    CLS token are taken over, its position embedding is resampled to the latent
+    sequence, its patch embedding and classifier are dropped.
+    """
+
+    input_kind = "latent"
+
+    def __init__(
+        self,
+        vit: VisionTransformer,
+        latent_shape: tuple[int, int],
+        strategy: str = "full",
+        adapter_dim: int = 64,
+        freeze_blocks: int = 0,
+        lr_mult_proj: float = 10.0,
+        lr_mult_pos: float = 5.0,
+        lr_mult_blocks: float = 1.0,
+        pool: str = "cls",
+    ):
+        super().__init__()
+        num_tokens, latent_dim = latent_shape
+        self.latent_shape = (int(num_tokens), int(latent_dim))
+        self.strategy = strategy
+        self.freeze_blocks = freeze_blocks
+        self.pool = pool
+        self.lr_mults = {"proj": lr_mult_proj, "pos": lr_mult_pos, "blocks": lr_mult_blocks}
+        self.num_features = self.embed_dim = vit.embed_dim
+        has_cls = vit.cls_token is not None
+
+        self.tokenizer = LatentTokenizer(num_tokens, latent_dim, vit.embed_dim, class_token=has_cls)
+        with torch.no_grad():
+            self.tokenizer.pos_embed.copy_(latent_pos_embed(vit, num_tokens))
+            if has_cls:
+                self.tokenizer.cls_token.copy_(vit.cls_token)
+        self.pos_drop = vit.pos_drop
+        self.norm_pre = vit.norm_pre
+        self.blocks = vit.blocks
+        self.norm = vit.norm
+        self.fc_norm = vit.fc_norm
+        if strategy == "adapter":
+            for block in self.blocks:
+                block.mlp = MlpWithAdapter(block.mlp, vit.embed_dim, adapter_dim)
+        self._freeze()
+
+    def _freeze(self) -> None:
+        """requires_grad per strategy; the input projection always trains (it is new)."""
+        self.requires_grad_(self.strategy in ("full", "partial"))
+        self.tokenizer.proj.requires_grad_(True)
+        if self.strategy == "adapter":
+            for block in self.blocks:
+                block.mlp.adapter.requires_grad_(True)
+        if self.strategy == "partial":
+            self.norm_pre.requires_grad_(False)
+            for block in self.blocks[: self.freeze_blocks]:
+                block.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> HybridViT:
+        super().train(mode)
+        if mode:  # frozen parts keep eval-mode dropout and stochastic depth
+            _eval_frozen(self)
+        return self
+
+    def trainable_report(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts of the backbone."""
+        params = list(self.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    # --- optimiser support (timm conventions) ---
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"tokenizer.pos_embed", "tokenizer.cls_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer ids for layer decay: tokenizer 0, blocks 1..depth, final norms depth + 1."""
+        return dict(stem=r"^tokenizer|^norm_pre", blocks=r"^blocks\.(\d+)", norm=r"^norm\.|^fc_norm\.")
+
+    def _part(self, name: str) -> str:
+        if name.startswith("tokenizer.proj."):
+            return "proj"
+        if name.startswith("tokenizer."):
+            return "pos"
+        return "blocks"
+
+    def param_groups(self, lr: float, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+        """Optimiser groups of the trainable parameters, each with its final ``lr``.
+
+        Without ``layer_decay``: input projection ``lr * lr_mult_proj``, position
+        embedding and CLS token ``lr * lr_mult_pos``, everything in the transformer
+        (blocks, adapters, norms) ``lr * lr_mult_blocks``. With ``layer_decay``, the
+        pretrained layers follow timm's layer decay instead (layer id i gets
+        ``lr * layer_decay ** (depth + 1 - i)``; pos/CLS are layer 0, the final norm
+        depth + 1) and the new input projection keeps ``lr * lr_mult_proj``.
+        No weight decay on norms, biases, the position embedding and the CLS token.
+        """
+        no_decay = self.no_weight_decay()
+        depth = len(self.blocks)
+        layer_ids = group_parameters(self, self.group_matcher(), reverse=True) if layer_decay is not None else {}
+        groups: dict[str, dict] = {}
+        order: dict[str, int] = {}  # the transformer's top group first: fer-core logs group 0's lr
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            part = self._part(name)
+            if layer_decay is None or part == "proj":
+                key, scale, rank = part, self.lr_mults[part], -PARTS.index(part)
+            else:
+                layer_id = layer_ids[name]
+                key, scale, rank = f"layer_{layer_id}", layer_decay ** (depth + 1 - layer_id), layer_id
+            decay = not (param.ndim <= 1 or name.endswith(".bias") or name in no_decay)
+            key = f"{key}_{'decay' if decay else 'no_decay'}"
+            group = groups.setdefault(key, {
+                "name": key, "params": [], "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0,
+            })
+            group["params"].append(param)
+            order[key] = rank
+        return sorted(groups.values(), key=lambda group: -order[group["name"]])
+
+    # --- forward ---
+
+    def forward_features(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, T, D] -> normed tokens [B, P + T, E] (as timm's ViT after its patch embedding)."""
+        x = self.pos_drop(self.tokenizer(latents))
+        x = self.norm_pre(x)
+        x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.pool == "cls":
+            x = tokens[:, 0]
+        else:
+            x = tokens[:, self.tokenizer.num_prefix_tokens:].mean(dim=1)
+        return self.fc_norm(x)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(latents))
+
+
+# --- checkpoint conversion: ViT -> latent tokens ---
+
+def latent_pos_embed(vit: VisionTransformer, num_tokens: int) -> torch.Tensor:
+    """The ViT's position embedding for a CLS token (if any) and ``num_tokens`` latent tokens.
+
+    The patch grid (e.g. 14 x 14) is resampled to a 1 x T grid with timm's
+    ``resample_abs_pos_embed``; the prefix (CLS) embedding is kept as it is. A ViT
+    whose CLS token has no position embedding (``no_embed_class``) gets zeros there,
+    which is what it computes.
+    """
+    in_pos = 0 if vit.no_embed_class else vit.num_prefix_tokens
+    pos = resample_abs_pos_embed(
+        vit.pos_embed.detach(),
+        new_size=(1, num_tokens),
+        old_size=vit.patch_embed.grid_size,
+        num_prefix_tokens=in_pos,
+    )
+    if vit.no_embed_class and vit.cls_token is not None:
+        pos = torch.cat([pos.new_zeros(1, 1, pos.shape[-1]), pos], dim=1)
+    return pos
+
+
+def _without_head(state_dict: dict, model: VisionTransformer) -> dict:
+    """timm's ViT checkpoint filter (foreign formats, resized grids), minus the classifier."""
+    state_dict = checkpoint_filter_fn(state_dict, model)
+    return {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+
+
+def create_vit(name: str, pretrained: bool = False, pretrained_file: str | None = None,
+               drop_path_rate: float = 0.0) -> VisionTransformer:
+    """A timm ViT without classifier: random, from timm's hub (online) or from a local weights file."""
+    arch = name.split(".")[0]
+    if not is_model(name):
+        raise FerError(f"hybrid_vit model {name!r} is not a timm model{suggest(arch, list_models('vit_*'))}; "
+                       f"see timm.list_models('vit_*')")
+    online = pretrained and not pretrained_file
+    try:
+        vit = create_model(name, pretrained=online, num_classes=0, drop_path_rate=drop_path_rate)
+    except Exception as exc:
+        if not online:
+            raise
+        raise FerError(f"hybrid_vit cannot fetch pretrained {name} weights ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else ''}); offline, download them elsewhere "
+                       f"and set pretrained_file") from exc
+    if not isinstance(vit, VisionTransformer):
+        raise FerError(f"hybrid_vit needs a timm VisionTransformer; {name!r} is a {type(vit).__name__}")
+    if pretrained_file:
+        path = Path(pretrained_file).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"hybrid_vit pretrained_file {str(path)!r} not found; download the {arch} "
+                                  f"weights (.safetensors/.pth/.bin) there, or use pretrained: true when online")
+        try:
+            load_checkpoint(vit, str(path), strict=True, filter_fn=_without_head)
+        except Exception as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise CheckpointError(f"hybrid_vit pretrained_file {str(path)!r} does not load into {name}: "
+                                  f"{type(exc).__name__}: {detail}; set model to the ViT it was saved from") from exc
+    return vit
+
+
+def build_hybrid_vit(
+    latent_shape: tuple[int, int] | None = None,
+    model_size: Literal["tiny", "small", "base"] = "tiny",
+    model: str | None = None,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    strategy: Literal["full", "adapter", "linear_probe", "partial"] = "full",
+    adapter_dim: int = 64,
+    freeze_blocks: int = 0,
+    drop_path_rate: float = 0.0,
+    lr_mult_proj: float = 10.0,
+    lr_mult_pos: float = 5.0,
+    lr_mult_blocks: float = 1.0,
+    pool: Literal["cls", "mean"] = "cls",
+) -> HybridViT:
+    """Build a HybridViT for the encoder's latent shape (T, D), which the core passes in.
+
+    ``model`` (any timm ViT name, tags allowed) overrides ``model_size``
+    (vit_{tiny,small,base}_patch16_224). ``pretrained_file`` loads a local weights file
+    (and implies pretrained); ``pretrained: true`` alone downloads through timm.
+    """
+    if latent_shape is None:
+        raise FerError("hybrid_vit needs a latent encoder (psp, e4e, vaegan...); model.encoder is 'identity'")
+    if strategy not in STRATEGIES:
+        raise FerError(f"hybrid_vit strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+    if pool not in POOLS:
+        raise FerError(f"hybrid_vit pool must be one of {', '.join(POOLS)}; got {pool!r}")
+    if model is None and model_size not in MODEL_SIZES:
+        raise FerError(f"hybrid_vit model_size must be one of {', '.join(MODEL_SIZES)} "
+                       f"(or set model to a timm ViT name); got {model_size!r}")
+    if adapter_dim < 1:
+        raise FerError(f"hybrid_vit adapter_dim must be at least 1; got {adapter_dim}")
+    if freeze_blocks and strategy != "partial":
+        raise FerError(f"hybrid_vit freeze_blocks applies to strategy 'partial' only; got strategy {strategy!r}")
+    if min(lr_mult_proj, lr_mult_pos, lr_mult_blocks) < 0:
+        raise FerError("hybrid_vit lr_mult_proj, lr_mult_pos and lr_mult_blocks must not be negative")
+
+    name = model or MODEL_SIZES[model_size]
+    if strategy != "full" and not (pretrained or pretrained_file):
+        warnings.warn(f"hybrid_vit strategy {strategy!r} freezes a randomly initialised {name}; "
+                      f"set pretrained_file (or pretrained: true)", stacklevel=2)
+    vit = create_vit(name, pretrained=pretrained, pretrained_file=pretrained_file, drop_path_rate=drop_path_rate)
+    depth = len(vit.blocks)
+    if strategy == "partial" and not 1 <= freeze_blocks <= depth:
+        raise FerError(f"hybrid_vit strategy 'partial' needs freeze_blocks between 1 and {depth} "
+                       f"(the depth of {name}); got {freeze_blocks}")
+    if vit.pos_embed is None or vit.num_reg_tokens:
+        raise FerError(f"hybrid_vit needs a ViT with a learned absolute position embedding and no register "
+                       f"tokens; {name} does not fit")
+    if pool == "cls" and vit.cls_token is None:
+        raise FerError(f"hybrid_vit {name} has no CLS token; set pool: mean")
+    return HybridViT(
+        vit,
+        tuple(latent_shape),
+        strategy=strategy,
+        adapter_dim=adapter_dim,
+        freeze_blocks=freeze_blocks,
+        lr_mult_proj=lr_mult_proj,
+        lr_mult_pos=lr_mult_pos,
+        lr_mult_blocks=lr_mult_blocks,
+        pool=pool,
+    )
