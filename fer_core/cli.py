@@ -7,6 +7,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fer_core import __version__
@@ -31,7 +32,7 @@ class FerGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             message = str(exc) if isinstance(exc, FerError) else f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
-            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
 
@@ -60,9 +61,9 @@ def plugins(as_json: bool) -> None:
     for p in host.plugins:
         status = "[green]loaded[/]" if p.status == "loaded" else f"[red]{p.status}[/]"
         if p.error:
-            status += f"\n[red]{p.error}[/]"
-        comps = "\n".join(f"{c.kind} [bold]{c.name}[/]: {c.summary}" for c in p.components)
-        table.add_row(p.name, p.dist, p.version, status, comps)
+            status += f"\n[red]{escape(p.error)}[/]"
+        comps = "\n".join(f"{c.kind} [bold]{escape(c.name)}[/]: {escape(c.summary)}" for c in p.components)
+        table.add_row(escape(p.name), escape(p.dist), escape(p.version), status, comps)
     console.print(table)
 
 
@@ -86,7 +87,7 @@ def recipe_check(path: str, overrides: tuple[str, ...]) -> None:
     resolved = _load(path, overrides)
     model = resolved["model"]
     parts = " -> ".join(model[k]["name"] for k in ("encoder", "backbone", "head") if k in model)
-    console.print(f"[green]ok[/] {resolved['name']}: {parts}", highlight=False)
+    console.print(f"[green]ok[/] {escape(resolved['name'])}: {escape(parts)}", highlight=False)
 
 
 @recipe.command("show")

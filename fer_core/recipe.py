@@ -225,7 +225,9 @@ def load_recipe(
     user = apply_overrides(load_chain(Path(path)), overrides)
     user.setdefault("name", Path(path).stem)
     validate_structure(user)
-    recipe = deep_merge(DEFAULTS, user)
+    recipe = {"name": user["name"], **deep_merge(DEFAULTS, user)}
+    if recipe["task"] == "pretrain" and "head" not in user.get("model", {}):
+        del recipe["model"]["head"]  # the default head means nothing to an encoder trained alone
     validate_semantics(recipe)
     if registry is not None:
         validate_components(recipe, registry)
@@ -289,6 +291,13 @@ def validate_semantics(recipe: Mapping[str, Any]) -> None:
     data, train = recipe["data"], recipe["train"]
     if recipe["task"] == "classify" and "backbone" not in recipe["model"]:
         raise RecipeError("model.backbone: missing; a classification recipe needs a backbone")
+    if recipe["task"] == "pretrain":
+        for part in ("backbone", "head"):
+            if part in recipe["model"]:
+                raise RecipeError(f"model.{part}: a pretraining recipe (task: pretrain) trains the encoder alone; "
+                                  f"remove model.{part}")
+        if recipe["model"]["encoder"]["name"] == "identity":
+            raise RecipeError("model.encoder: task: pretrain needs an encoder that trains itself, such as vaegan")
     if "root" not in data and "sources" not in data:
         raise RecipeError("data.root: missing; point it at a directory made by `fer data pack` or `fer data synth`")
     for i, source in enumerate(data.get("sources") or []):

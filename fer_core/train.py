@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fer_core import __version__, distributed
-from fer_core.data.sources import ensure_data, make_loader, open_split, resolve_classes
+from fer_core.data.sources import cached_latents, ensure_data, make_loader, open_split, resolve_classes
 from fer_core.errors import FerError
 from fer_core.evaluate import evaluate, report_table, write_report
 from fer_core.model import build_model, build_sample_augments, count_parameters
@@ -134,11 +134,22 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
     loss_fn = registry.build("loss", recipe["loss"], "loss",
                              {"num_classes": len(classes), "class_counts": class_counts}).to(env.device)
     sample_augments = build_sample_augments(recipe, registry)
+    # a frozen encoder's outputs cached as latent shards are read instead of running it
+    latents = cached_latents(data_cfg, recipe["model"]["encoder"], model.encoder,
+                             frozen=model.frozen.get("encoder", False), sample_augments=sample_augments,
+                             batch_size=eval_cfg["batch_size"], device=env.device, main=env.main,
+                             barrier=lambda: distributed.barrier(env), console=console if env.main else None)
+    encoded = latents is not None
+    if encoded and env.main:
+        console.print(f"reading cached latents from {', '.join(str(root) for root, _ in latents)}; "
+                      f"the encoder does not run" + ("; eval.tta does not apply to latents" if eval_cfg["tta"]
+                                                     else ""), highlight=False)
     train_loader = make_loader(data_cfg, "train", classes, batch, train=True, seed=recipe["seed"],
-                               augments=sample_augments, rank=env.rank, world=env.world)
+                               augments=sample_augments, rank=env.rank, world=env.world, latent=encoded,
+                               roots=latents)
     eval_split = "val" if "val" in open_split_names(data_cfg) else "test"
     val_loader = make_loader(data_cfg, eval_split, classes, eval_cfg["batch_size"], train=False,
-                             seed=recipe["seed"], rank=env.rank, world=env.world)
+                             seed=recipe["seed"], rank=env.rank, world=env.world, latent=encoded, roots=latents)
     accumulate = train_cfg["accumulate"]
     updates_per_epoch = math.ceil(len(train_loader) / accumulate)
     best_metric = eval_cfg["metric"]
@@ -220,7 +231,7 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
                 sync = contextlib.nullcontext() if last_micro or not env.distributed else net.no_sync()
                 with sync:
                     with autocast():
-                        logits, mixed = net(inputs, targets)
+                        logits, mixed = net(inputs, targets, encoded=encoded)
                         loss = loss_fn(logits, mixed)
                     if distributed.any_true(env, not torch.isfinite(loss).item()):
                         raise NonFiniteLoss(
@@ -253,7 +264,8 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
             _check_corrupt(train_loader, data_cfg, env)
             counters["train_time"] += time.perf_counter() - started
             scored = ema.module if ema is not None else model
-            metrics = evaluate(scored, val_loader, len(classes), env.device, amp_dtype=amp_dtype, loss_fn=loss_fn)
+            metrics = evaluate(scored, val_loader, len(classes), env.device, encoded=encoded, amp_dtype=amp_dtype,
+                               loss_fn=loss_fn)
             counters["epoch"] = epoch + 1
             value = metrics[stop_metric]
             if scheduler is not None:
@@ -297,17 +309,19 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
             torch.distributed.broadcast(tensor, 0)
     test_split = "test" if "test" in open_split_names(data_cfg) else eval_split
     test_loader = make_loader(data_cfg, test_split, classes, eval_cfg["batch_size"], train=False,
-                              seed=recipe["seed"], rank=env.rank, world=env.world)
-    result = evaluate(model, test_loader, len(classes), env.device, amp_dtype=amp_dtype, tta=eval_cfg["tta"])
+                              seed=recipe["seed"], rank=env.rank, world=env.world, latent=encoded, roots=latents)
+    result = evaluate(model, test_loader, len(classes), env.device, encoded=encoded, amp_dtype=amp_dtype,
+                      tta=eval_cfg["tta"])
     if not env.main:
         return None
-    throughput = measure_throughput(model, test_loader, env.device, amp_dtype)
+    throughput = measure_throughput(model, test_loader, env.device, amp_dtype, encoded=encoded)
     summary = {
         "recipe": recipe["name"], "run_dir": str(run_dir), "epochs": counters["epoch"],
         "best_epoch": counters["best_epoch"], f"best_val_{stop_metric}": counters["best"],
         "test": {k: result[k] for k in ("accuracy", "f1_macro", "f1_weighted")}, "test_split": test_split,
         "train_time_s": round(counters["train_time"], 2), "parameters": total_params,
         "trainable_parameters": trainable_params, "inference_images_per_s": throughput,
+        "inference_input": "latents" if encoded else "images",
         "peak_memory_mb": peak_memory_mb(env.device), "processes": env.world,
     }
     write_report(run_dir, recipe["name"], result, classes, test_split, {"summary": summary})
@@ -340,18 +354,18 @@ def _check_corrupt(loader, data_cfg: dict, env) -> None:
 
 
 @torch.no_grad()
-def measure_throughput(model, loader, device, amp_dtype, repeats: int = 3) -> float:
-    """Images per second of a forward pass on one evaluation batch."""
+def measure_throughput(model, loader, device, amp_dtype, repeats: int = 3, encoded: bool = False) -> float:
+    """Images per second of a forward pass on one evaluation batch (of cached latents when ``encoded``)."""
     model.eval()
     inputs = next(iter(loader))[0].to(device)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     with autocast:
-        model(inputs)
+        model(inputs, encoded=encoded)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(repeats):
-            model(inputs)
+            model(inputs, encoded=encoded)
         if device.type == "cuda":
             torch.cuda.synchronize()
     return round(repeats * len(inputs) / (time.perf_counter() - start), 1)

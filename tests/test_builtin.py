@@ -46,6 +46,18 @@ def test_identity_encoder_passes_images_through(registry):
     assert (encoder.input_size, encoder.latent_shape, encoder.trainable, encoder.cacheable) == (48, None, False, False)
 
 
+def test_patches_encoder_turns_images_into_tokens(registry):
+    encoder = build(registry, "encoder", {"name": "patches", "patch_size": 8}, {"image_size": 48, "in_chans": 3})
+    assert (encoder.input_size, encoder.latent_shape, encoder.trainable, encoder.cacheable) == (48, (36, 192), False, True)
+    images = torch.rand(2, 3, 48, 48)
+    tokens = encoder(images)
+    assert tokens.shape == (2, 36, 192)
+    assert torch.equal(tokens[0, 0].view(3, 8, 8), images[0, :, :8, :8])  # the top-left patch, channel-major
+    assert encoder(torch.rand(2, 3, 64, 64)).shape == (2, 36, 192)  # other sizes are resized first
+    with pytest.raises(RecipeError, match="model.encoder.patch_size: 7 must divide data.image_size 48"):
+        build(registry, "encoder", {"name": "patches", "patch_size": 7}, {"image_size": 48, "in_chans": 3})
+
+
 # -- backbone --------------------------------------------------------------------
 @pytest.mark.parametrize("model, in_chans, features", [
     ("resnet10t", 3, 512),

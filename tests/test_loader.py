@@ -5,6 +5,7 @@ import io
 import json
 import math
 import signal
+import tarfile
 from collections import Counter
 from types import SimpleNamespace
 
@@ -14,10 +15,11 @@ import torch
 from PIL import Image
 
 from fer_core.builtin.augments import hflip
-from fer_core.data.loader import _read_shard, decode_image
+from fer_core.data.loader import _plain_png, _read_shard, decode_image, decode_pixels
 from fer_core.data.pack import make_synth_dataset
 from fer_core.data.shards import SplitWriter, read_manifest, write_manifest
 from fer_core.data.sources import make_loader, open_split
+from fer_core.data.tarstream import tar_samples
 from fer_core.errors import FerError
 from fer_core.recipe import DEFAULTS
 from fer_core.train import _check_corrupt
@@ -201,6 +203,66 @@ def test_shard_order_is_shuffled_per_epoch(tmp_path):
     assert keys_of(epoch(loader(data, 10, train=False), 1)) == list(keys), "evaluation reads in stored order"
 
 
+# ---- reading shards ---------------------------------------------------------------------------------------
+
+def wds_samples(path, select=None):
+    from webdataset.tariterators import tarfile_samples
+
+    return [{k: v for k, v in s.items() if k != "__url__"}
+            for s in tarfile_samples(iter([{"url": str(path)}]), select_files=select)]
+
+
+def add_file(tar: tarfile.TarFile, name: str, data: bytes = b"x", kind=tarfile.REGTYPE) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, len(data) if kind == tarfile.REGTYPE else 0
+    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+@pytest.mark.parametrize("format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_reader_groups_like_webdataset(tmp_path, format):
+    path = tmp_path / "odd.tar"
+    long_dir = "d" * 120 if format != tarfile.USTAR_FORMAT else "prefix/" + "p" * 90
+    with tarfile.open(path, "w", format=format) as tar:
+        add_file(tar, "a.png", b"A" * 700)
+        add_file(tar, "a.cls", b"3")
+        add_file(tar, "a.votes.json", b"{}")
+        add_file(tar, "dir", kind=tarfile.DIRTYPE)
+        add_file(tar, "dir/b.PNG", b"B" * 513)
+        add_file(tar, "dir/b.cls", b"1")
+        add_file(tar, "__meta__", b"skip")
+        add_file(tar, "nodot", b"skip")
+        add_file(tar, f"{long_dir}/c.cls", b"2")
+        add_file(tar, "link.cls", kind=tarfile.SYMTYPE)
+        if format != tarfile.USTAR_FORMAT:
+            add_file(tar, "été.cls", b"4")
+        add_file(tar, "e.cls", b"")
+    ours = list(tar_samples(path))
+    assert ours == wds_samples(path)
+    assert ours[0] == {"__key__": "a", "png": b"A" * 700, "cls": b"3", "votes.json": b"{}"}
+    assert [s["__key__"] for s in ours][-1] == "e" and ours[1]["png"] == b"B" * 513
+    select = lambda name: name.endswith(".cls")  # noqa: E731
+    assert list(tar_samples(path, select)) == wds_samples(path, select)
+
+
+def test_tar_reader_on_packed_shards_and_damage(tmp_path):
+    write_set(tmp_path / "d", [i % 4 for i in range(30)], shard_size=30, extras={3: {"votes.json": b'{"anger": 1}'}})
+    path = tmp_path / "d" / "train-000000.tar"
+    assert list(tar_samples(path)) == wds_samples(path)
+    data = path.read_bytes()
+    ends = [info.offset_data + info.size for info in tarfile.open(path).getmembers()]
+    for cut in (len(data) // 2, 700, 512 * 3 + 100, (ends[9] + 511) // 512 * 512):
+        path.write_bytes(data[:cut])
+        got = []
+        with contextlib.suppress(tarfile.ReadError):
+            got.extend(tar_samples(path))
+        complete = sum(end <= cut for end in ends) // 2  # two files a sample
+        assert [s["__key__"] for s in got][:complete] == [f"s{i:05d}" for i in range(complete)]
+        assert len(got) <= complete + 1
+    path.write_bytes(b"not a tar file at all" * 40)
+    with pytest.raises(tarfile.ReadError):
+        list(tar_samples(path))
+
+
 # ---- sizes, decoding, augments ------------------------------------------------------------------------------
 
 def test_exact_batch_count_and_shapes(tmp_path):
@@ -233,12 +295,51 @@ def test_decodes_to_recipe_size_and_channels(tmp_path, stored, wanted, size):
         assert torch.equal(inputs[:, 0], inputs[:, 1]) and torch.equal(inputs[:, 1], inputs[:, 2])
 
 
-def test_decode_image_matches_pil():
-    array = pixels(5, 3, 48)
-    data = png(array)
-    torch.testing.assert_close(decode_image(data, 48, 3), torch.from_numpy(array).permute(2, 0, 1).float() / 255)
-    grey = np.asarray(Image.fromarray(array).convert("L"))
-    torch.testing.assert_close(decode_image(data, 48, 1), torch.from_numpy(grey.copy())[None].float() / 255)
+def pil_reference(data: bytes, size: int, channels: int) -> np.ndarray:
+    """What the loader's decoding must equal: PIL's conversion to L/RGB and bilinear resize."""
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("L" if channels == 1 else "RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR)
+        return np.asarray(image).reshape(size, size, channels)
+
+
+def encoded(mode: str, size: int = 48, format: str = "PNG", seed: int = 0, **options) -> bytes:
+    rng = np.random.default_rng(seed)
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65536, (size, size), dtype=np.uint16))
+    else:
+        image = Image.fromarray(rng.integers(0, 256, (size, size, 4), dtype=np.uint8), "RGBA")
+        image = image.convert("RGB").convert("P") if mode == "P" else image.convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, format=format, **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode, format, options", [
+    ("L", "PNG", {}), ("RGB", "PNG", {}), ("L", "PNG", {"transparency": 7}), ("RGB", "PNG", {"transparency": (1, 2, 3)}),
+    ("P", "PNG", {}), ("RGBA", "PNG", {}), ("LA", "PNG", {}), ("I;16", "PNG", {}),
+    ("L", "JPEG", {}), ("RGB", "JPEG", {"quality": 90})])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [48, 32])
+def test_decoding_equals_pil(mode, format, options, channels, size):
+    data = encoded(mode, format=format, **options)
+    pixels = decode_pixels(data, size, channels)
+    assert pixels.dtype == np.uint8 and pixels.shape == (size, size, channels)
+    np.testing.assert_array_equal(pixels, pil_reference(data, size, channels))
+    fast = format == "PNG" and size == 48 and (mode == "L" or mode == "RGB" and channels == 3)
+    assert _plain_png(data, size, channels) == fast  # the libpng path is taken only where it equals PIL
+    tensor = decode_image(data, size, channels)
+    assert tensor.dtype == torch.float32 and tensor.is_contiguous() and tensor.shape == (channels, size, size)
+    torch.testing.assert_close(tensor, torch.from_numpy(pil_reference(data, size, channels).copy()).permute(
+        2, 0, 1).float() / 255, rtol=0, atol=0)
+
+
+def test_damaged_png_raises():
+    data = encoded("RGB")
+    for broken in (data[:60], data[:-30], data[:40] + bytes(len(data) - 40), data[:33]):
+        with pytest.raises(Exception):
+            decode_pixels(broken, 48, 3)
 
 
 def test_sample_augments_only_in_training(tmp_path):

@@ -19,6 +19,8 @@ _AUGMENTS = {
 def register_encoders(register):
     register("identity", "fer_core.builtin.encoders:build_identity",
              summary="passes images through to an image backbone")
+    register("patches", "fer_core.builtin.encoders:build_patches",
+             summary="image patches as latent tokens (parameter-free, no download)")
 
 
 @hookimpl

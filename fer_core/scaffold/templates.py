@@ -1,0 +1,122 @@
+"""The files of a new plugin package other than its example component (``string.Template`` sources)."""
+
+from __future__ import annotations
+
+PYPROJECT = '''\
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "$dist"
+version = "0.1.0"
+description = "$summary, for fer-core"
+readme = "README.md"
+requires-python = ">=3.11"
+dependencies = ["fer-core>=$core_version", "torch", "timm>=1.0"]
+
+[project.optional-dependencies]
+test = ["pytest>=8"]
+
+# fer-core finds the plugin through this entry point: <entry-point name> = "<hook module>"
+[project.entry-points.fer_core]
+$entry = "$package"
+
+[tool.setuptools.packages.find]
+where = ["src"]
+
+[tool.pytest.ini_options]
+addopts = "--import-mode=importlib"
+testpaths = ["tests"]
+'''
+
+HOOKS = '''\
+"""$dist: hook implementations only (importing this must stay cheap: no torch).
+
+fer-core calls ``$hook`` once when it builds its component registry. The target
+"$package.$module:build_$component" is imported only when a recipe builds the component.
+"""
+
+from fer_core import hookimpl
+
+
+@hookimpl
+def $hook(register):
+    register(
+        "$component",
+        "$package.$module:build_$component",
+        summary="$summary",
+    )
+'''
+
+TESTS = '''\
+"""Tests of $dist: fer-core's conformance suite, then the example's own behaviour."""
+
+import pytest
+import torch
+
+from fer_core.testing import check_$kind, check_plugin
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_plugin_loads_alone_and_imports_no_torch():
+    check_plugin("$dist")
+
+
+def test_${component}_conforms():
+    # registers under its name, builds from recipe parameters, shapes and dtypes, devices,
+    # state dict round trip, pickling/copying, gradients, determinism (see fer_core.testing)
+    check_$kind("$component", $test_params, plugin="$dist")
+
+
+$behaviour_test'''
+
+README = '''\
+# $dist
+
+A fer-core plugin that adds the $kind `$component`: $summary.
+
+Written by `fer plugin new $component --kind $kind`; replace the example in
+`src/$package/$module.py` with your own $kind and keep its tests passing.
+
+## Install
+
+    pip install -e .            # from this folder, into the environment that has fer-core
+    fer plugins                 # lists $kind '$component' from $dist
+
+## Use it in a recipe
+
+```yaml
+$recipe
+```
+
+Parameters are the keyword arguments of `build_$component` in
+`src/$package/$module.py`; fer-core checks recipe keys and value types against
+its signature, and passes the context arguments ($context) itself.
+
+## Test
+
+    pip install -e '.[test]'
+    pytest
+
+`tests/test_$package.py` runs fer-core's conformance suite (`fer_core.testing.check_$kind`):
+the component registers under its name, builds from recipe parameters, produces the
+declared shapes and dtypes, moves between devices, round-trips its state dict,
+survives pickling or copying, passes gradients to every trainable parameter and is
+deterministic under a fixed seed. `check_plugin` checks that the plugin loads on
+its own and that `fer plugins` stays instant (the hook module imports no torch).
+
+## Layout
+
+    pyproject.toml            entry point [project.entry-points.fer_core] $entry = "$package"
+    src/$package/__init__.py  the hook implementation ($hook); imports no torch
+    src/$package/$module.py   the $kind (torch code, imported only when a recipe builds it)
+    tests/                    pytest tests
+'''
