@@ -78,10 +78,10 @@ def bare_loop(encoder: torch.nn.Module, batches: list[torch.Tensor], device: tor
     return sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
-def encode_call(root: Path, out: Path, spec: dict, args, size: int) -> tuple[float, float]:
-    """(images/s of the encoding as reported, images/s of the whole call)."""
+def encode_call(root: Path, spec: dict, args, size: int) -> tuple[float, float]:
+    """(images/s of the encoding as reported, images/s of the whole call); writes where runs look."""
     start = time.perf_counter()
-    manifest = encode_dataset(root, out, spec, batch_size=args.batch_size, device=args.device, image_size=size,
+    manifest = encode_dataset(root, None, spec, batch_size=args.batch_size, device=args.device, image_size=size,
                               workers=args.workers, overwrite=True, progress=False)
     total = time.perf_counter() - start
     done = manifest["latent"]["run"]
@@ -125,8 +125,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="decoding processes of the encoder run")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved measurements; the median is shown")
     parser.add_argument("--no-epoch", action="store_true", help="skip the training-epoch comparison")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads [default: torch's]")
     parser.add_argument("--tmp", default=None, help="work folder [default: a temporary one]")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     args.device = str(device)
     console = Console()
@@ -151,7 +154,7 @@ def main() -> None:
         bare, encoding, whole = [], [], []
         for _ in range(args.repeats):  # interleaved, so that both see the same machine load
             bare.append(bare_loop(encoder, batches, device))
-            rate, call = encode_call(root, tmp / "latents", spec, args, args.size)
+            rate, call = encode_call(root, spec, args, args.size)
             encoding.append(rate)
             whole.append(call)
         del encoder
@@ -170,9 +173,11 @@ def main() -> None:
 
         if args.no_epoch:
             return
+        # the run looks for latents under data.root: move them aside for the run on the fly
+        cache = tmp / "data" / "latents"
+        cache.rename(tmp / "latents-aside")
         fly_train, fly_wall = epoch_time(root, spec, args, args.size, tmp, "on-the-fly")
-        encode_dataset(root, None, spec, batch_size=args.batch_size, device=args.device, image_size=args.size,
-                       workers=args.workers, progress=False)  # the cache a run finds under data.root
+        (tmp / "latents-aside").rename(cache)
         cached_train, cached_wall = epoch_time(root, spec, args, args.size, tmp, "cached")
         table = Table(title="one training epoch of LatentViT (embed 128, depth 2) on the train split")
         for column in ("encoder", "epoch s", "whole run s (val, test, throughput)"):

@@ -44,7 +44,7 @@ from fer_core.data.shards import MANIFEST_NAME, read_manifest
 from fer_core.data.sources import make_loader
 from fer_core.recipe import DEFAULTS
 
-console = Console()
+console = Console(width=120)
 
 
 # ---- the data: one ImageFolder tree and its shards ------------------------------------------------------------
@@ -161,8 +161,8 @@ def main() -> None:
         folder, shards = prepare(cache, args.n, args.size, args.shard_size)
         warm_page_cache(folder, shards)
         workers = 0 if args.profile else args.workers
-        loaders = {"ImageFolder + DataLoader": imagefolder_loader(folder, args.batch_size, workers),
-                   "shards (fer_core make_loader)": shard_loader(shards, args.batch_size, workers, args.size)}
+        loaders = {"ImageFolder": imagefolder_loader(folder, args.batch_size, workers),
+                   "shards": shard_loader(shards, args.batch_size, workers, args.size)}
         if args.profile:
             for name, loader in loaders.items():
                 profile(name, loader)

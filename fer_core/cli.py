@@ -191,8 +191,10 @@ def compare_command(runs, metric) -> None:
 def _add_subcommands() -> None:
     """Attach command groups that live beside their code."""
     from fer_core.data.cli import data
+    from fer_core.scaffold.cli import plugin
 
     main.add_command(data)
+    main.add_command(plugin)
 
 
 _add_subcommands()

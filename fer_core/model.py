@@ -113,10 +113,10 @@ def build_model(recipe: Mapping[str, Any], registry: Registry, classes: list[str
     return FerModel(encoder, backbone, head, batch_augments, frozen)
 
 
-def build_sample_augments(recipe: Mapping[str, Any], registry: Registry) -> list[nn.Module]:
+def build_sample_augments(recipe: Mapping[str, Any], registry: Registry, num_classes: int) -> list[nn.Module]:
     augments = []
     for i, spec in enumerate(recipe["augment"]["sample"]):
-        augment = registry.build("augment", spec, f"augment.sample[{i}]", {})
+        augment = registry.build("augment", spec, f"augment.sample[{i}]", {"num_classes": num_classes})
         if getattr(augment, "stage", "sample") != "sample":
             raise RecipeError(f"augment.sample[{i}].name: '{spec['name']}' is a batch augment; "
                               f"list it under augment.batch")

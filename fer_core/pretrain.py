@@ -108,6 +108,8 @@ def run_pretrain(recipe: dict[str, Any] | None, out: str | Path | None = None, r
     if resume is not None:
         state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
         recipe = state["recipe"]
+    if recipe is None:
+        raise FerError("run_pretrain needs a recipe, or resume=RUN_DIR")
     if recipe.get("task") != "pretrain":
         raise FerError(f"{recipe.get('name')}: task is {recipe.get('task')!r}; run_pretrain needs task: pretrain")
     env = distributed.setup(recipe["train"]["device"])
@@ -132,7 +134,7 @@ def _run(recipe, out, resume, state, env, console) -> Path:
     encoder = build_encoder(recipe, registry).to(device)
     amp_dtype = autocast_dtype(train_cfg, device)
     encoder.configure_pretraining(recipe["optim"], device, amp_dtype)
-    sample_augments = build_sample_augments(recipe, registry)
+    sample_augments = build_sample_augments(recipe, registry, len(classes))
     train_loader = make_loader(data_cfg, "train", classes, train_cfg["batch_size"], train=True,
                                seed=recipe["seed"], augments=sample_augments)
     eval_split = "val" if "val" in open_split_names(data_cfg) else "test"

@@ -133,7 +133,7 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
     model = build_model(recipe, registry, classes).to(env.device)
     loss_fn = registry.build("loss", recipe["loss"], "loss",
                              {"num_classes": len(classes), "class_counts": class_counts}).to(env.device)
-    sample_augments = build_sample_augments(recipe, registry)
+    sample_augments = build_sample_augments(recipe, registry, len(classes))
     # a frozen encoder's outputs cached as latent shards are read instead of running it
     latents = cached_latents(data_cfg, recipe["model"]["encoder"], model.encoder,
                              frozen=model.frozen.get("encoder", False), sample_augments=sample_augments,
@@ -143,7 +143,7 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
     if encoded and env.main:
         console.print(f"reading cached latents from {', '.join(str(root) for root, _ in latents)}; "
                       f"the encoder does not run" + ("; eval.tta does not apply to latents" if eval_cfg["tta"]
-                                                     else ""), highlight=False)
+                                                     else ""), highlight=False, soft_wrap=True)
     train_loader = make_loader(data_cfg, "train", classes, batch, train=True, seed=recipe["seed"],
                                augments=sample_augments, rank=env.rank, world=env.world, latent=encoded,
                                roots=latents)

@@ -187,6 +187,24 @@ def test_random_weights_are_refused_unless_allowed(tmp_path, faces):
         encode_dataset(faces, tmp_path / "x", {"name": "identity"}, progress=False)
 
 
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    from fer_core.data.formats.base import EncodedImage
+
+    good = encode_png(Image.fromarray(np.full((48, 48, 3), 128, np.uint8)))
+    bad = EncodedImage(b"not a png", "png", 3, (48, 48))
+    samples = [SourceSample(f"s{i}", ["anger", "fear"][i % 2], "train", lambda i=i: bad if i == 2 else good)
+               for i in range(5)]
+    root = tmp_path / "src"
+    write_dataset(root, {"train": samples}, source_format="test", extras=[], dropped=Counter(), seed=0,
+                  shard_size=3, progress=False)
+    spec = {"name": "tiny_test", "checkpoint": tiny_checkpoint(tmp_path / "a.pt")}
+    manifest = encode_dataset(root, tmp_path / "out", spec, workers=0, progress=False)
+    entry = manifest["splits"]["train"]
+    assert entry["shard_counts"] == [2, 2] and entry["count"] == 4 and entry["class_counts"] == {"anger": 2, "fear": 2}
+    assert manifest["dropped"]["corrupt_image"] == 1
+    assert [s["__key__"] for s in shard_samples(tmp_path / "out")] == ["s0", "s1", "s3", "s4"]
+
+
 def test_cache_key_ignores_where_the_checkpoint_lies_and_spelled_out_defaults(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     moved = shutil.copy(ckpt, tmp_path / "moved.pt")
@@ -250,6 +268,9 @@ def test_cli_encode_defaults_to_the_cache_location(tmp_path, faces):
     assert "11 latents" in result.output and f"data.root: {faces}" in result.output
     info = CliRunner().invoke(data_cli, ["info", str(folder)])
     assert info.exit_code == 0 and "latents of tiny_test" in info.output
+    SEEN.clear()
+    again = CliRunner().invoke(data_cli, ["encode", str(faces), "-e", "tiny_test", "-c", ckpt, "--workers", "0"])
+    assert again.exit_code == 0 and "nothing to encode" in again.output and SEEN["images"] == 0
 
 
 RECIPE = """

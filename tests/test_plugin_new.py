@@ -24,8 +24,10 @@ import pytest
 import torch
 
 from fer_core.data.pack import make_synth_dataset
+from fer_core.errors import FerError
 from fer_core.plugins import get_registry, reset
 from fer_core.recipe import load_recipe
+from fer_core.scaffold import new_plugin, plugin_names
 from fer_core.train import run
 
 KINDS = ("encoder", "backbone", "head", "loss", "augment")
@@ -74,6 +76,20 @@ def kit(tmp_path_factory):
 def synth(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "data"
     return make_synth_dataset(root, n=70, size=32, seed=1, progress=False)
+
+
+def test_names_are_spelled_out_and_clashes_refused(tmp_path):
+    names = plugin_names("fer-Tiny_CNN")
+    assert (names.dist, names.package, names.component, names.entry) == (
+        "fer-tiny-cnn", "fer_tiny_cnn", "tiny_cnn", "tiny-cnn")
+    for bad in ("", "fer-", "9lives", "a b", "tiny--cnn", "core", "class"):
+        with pytest.raises(FerError):
+            plugin_names(bad)
+    with pytest.raises(FerError, match="head 'linear' is already registered by fer-core"):
+        new_plugin("linear", "head", tmp_path)
+    with pytest.raises(FerError, match="unknown kind 'optimizer'"):
+        new_plugin("adam2", "optimizer", tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 def test_new_refuses_to_overwrite_and_bad_names(kit, tmp_path):

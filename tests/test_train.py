@@ -54,6 +54,13 @@ def synth(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def synth_large(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth_large") / "data"
+    make_synth_dataset(root, n=1400, size=32, seed=2, progress=False, shard_size=100)
+    return root
+
+
 def write_recipe(tmp_path: Path, root: Path, epochs: int = 3, workers: int = 0) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(RECIPE.format(root=root, epochs=epochs, workers=workers))
@@ -64,8 +71,8 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
-def test_run_learns_and_writes_a_complete_run_directory(tmp_path, synth):
-    recipe = load_recipe(write_recipe(tmp_path, synth, epochs=6), registry=get_registry())
+def test_run_learns_and_writes_a_complete_run_directory(tmp_path, synth_large):
+    recipe = load_recipe(write_recipe(tmp_path, synth_large, epochs=6), registry=get_registry())
     run_dir = run(recipe, out=str(tmp_path / "runs"))
     for name in ("recipe.yaml", "metrics.jsonl", "report.json", "report.md", "summary.json", "confusion.png",
                  "checkpoints/last.pt", "checkpoints/best.pt"):

@@ -81,7 +81,8 @@ $behaviour_test'''
 README = '''\
 # $dist
 
-A fer-core plugin that adds the $kind `$component`: $summary.
+A fer-core plugin that adds the $kind `$component`. Summary, as `fer plugins` shows it:
+$summary.
 
 Written by `fer plugin new $component --kind $kind`; replace the example in
 `src/$package/$module.py` with your own $kind and keep its tests passing.
@@ -115,8 +116,8 @@ its own and that `fer plugins` stays instant (the hook module imports no torch).
 
 ## Layout
 
-    pyproject.toml            entry point [project.entry-points.fer_core] $entry = "$package"
-    src/$package/__init__.py  the hook implementation ($hook); imports no torch
-    src/$package/$module.py   the $kind (torch code, imported only when a recipe builds it)
-    tests/                    pytest tests
+* `pyproject.toml`: the entry point `[project.entry-points.fer_core] $entry = "$package"`
+* `src/$package/__init__.py`: the hook implementation (`$hook`); imports no torch
+* `src/$package/$module.py`: the $kind (torch code, imported only when a recipe builds it)
+* `tests/`: pytest tests
 '''

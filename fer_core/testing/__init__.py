@@ -34,13 +34,24 @@ determinism   two builds under one seed are identical and give identical outputs
 
 The first problem raises ``ConformanceError``, an ``AssertionError`` whose one-line
 message names the component and the problem, e.g. ``backbone 'tiny_cnn': output
-shape (2, 10) but expected (2, 12) = (batch, num_features)``. Every check returns a
-``Report`` of the checks that ran and those skipped (with the reason).
+shape (2, 10) but expected (2, 12) = (batch, num_features)``. Otherwise ``check_<kind>``
+returns a ``Report`` of the checks that ran and those skipped (with the reason).
 
-``meta=True`` builds and runs the component on PyTorch's meta device: shapes,
-dtypes, device handling, state-dict keys and gradient flow are checked without
-allocating weights, for models too big for a unit test (pSp's 267M parameters);
-the checks that compare values (pickle, determinism) are skipped.
+Options every ``check_<kind>`` takes besides its kind's sizes:
+
+* ``params``: the recipe parameters to build with (keep them small: depth 1, width 32);
+* ``plugin="fer-x"``: also require that distribution to be the one registering the name;
+* ``registry=``: look the name up in this ``fer_core.registry.Registry`` instead of the
+  installed plugins' (a test can ``add`` a ``Component`` with a callable target to it);
+* ``skip=("determinism",)``: leave out checks by name (not registered/parameters/builds);
+* ``meta=True``: build and run on PyTorch's meta device. Shapes, dtypes, device
+  handling, state-dict keys and gradient flow are checked without allocating weights,
+  for models too big for a unit test (pSp's 267M parameters); the checks that compare
+  values (pickle, determinism) are skipped.
+
+Without a CUDA device, "moves between devices" is checked through the meta device
+(``.to("meta")`` must move every tensor, and forward must then create nothing on the
+CPU); with one, the component also runs on CUDA and comes back unchanged.
 """
 
 from fer_core.testing.checks import CHECK_NAMES, run_checks

@@ -109,15 +109,15 @@ def test_resume_after_the_first_epoch_is_bit_identical(pretrained, tmp_path):
     assert [json.loads(line)["epoch"] for line in lines if json.loads(line)["kind"] == "epoch"] == [0, 1, 2]
 
 
-def classifier_recipe(synth: Path, encoder: dict) -> dict:
+def classifier_recipe(encoder: dict) -> dict:
     return {"data": {"image_size": 32, "channels": 3}, "augment": {"batch": []},
             "model": {"encoder": encoder, "backbone": {"name": "latent_vit", "embed_dim": 16, "depth": 1, "heads": 2},
                       "head": {"name": "linear"}}}
 
 
-def test_the_pretrained_encoder_yields_z_in_a_classifier_without_its_discriminator(pretrained, synth):
+def test_the_pretrained_encoder_yields_z_in_a_classifier_without_its_discriminator(pretrained):
     encoder = {"name": "vaegan", "checkpoint": str(pretrained), "freeze": True}
-    model = build_model(classifier_recipe(synth, encoder), get_registry(), ["a", "b", "c"]).eval()
+    model = build_model(classifier_recipe(encoder), get_registry(), ["a", "b", "c"]).eval()
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         tokens = model.encoder(images)

@@ -1,0 +1,1 @@
+"""Data sets: WebDataset shards with a dataset.json manifest, packed from the formats users download."""

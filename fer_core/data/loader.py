@@ -1,0 +1,535 @@
+"""The training and evaluation loader: WebDataset shards -> exact batches.
+
+Each epoch, the shards of a split are shuffled (seeded by seed and epoch) and
+their kept samples form one virtual sequence whose length is known from the
+manifest. Every (rank, worker) slot reads its own contiguous range of that
+sequence (a shard straddling two ranges is read by both, each keeping its part,
+so there may be fewer shards than slots), shuffles it through a buffer, decodes,
+augments and batches it. A rank therefore delivers every one of its samples
+exactly once and a known number of batches, so DDP ranks never hang and no
+epoch is silently short.
+
+Class-balanced sampling and weighted sources draw a fixed number of samples
+per slot from cycling streams instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import random
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from fer_core.data.shards import read_manifest
+from fer_core.data.tarstream import tar_samples
+from fer_core.errors import DataError
+
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp")
+
+
+def stable_seed(*parts) -> int:
+    """A seed from parts, identical in every process (unlike ``hash`` of strings)."""
+    return zlib.crc32(repr(parts).encode())
+
+
+@dataclass
+class SourceSplit:
+    """One split of one data directory, mapped onto the recipe's classes."""
+
+    root: Path
+    manifest: dict
+    split: str
+    classes: list[str]  # recipe order
+    weight: float = 1.0
+    fraction: float = 1.0
+    label_map: dict[int, int] = field(init=False)  # manifest class index -> recipe index
+    shard_kept: list[int] = field(init=False)  # kept samples per shard
+    quota: list[int] = field(init=False)  # per recipe class, samples kept (train_fraction)
+
+    def __post_init__(self) -> None:
+        names = self.manifest["classes"]
+        missing = [c for c in self.classes if c not in names]
+        if missing:
+            raise DataError(f"{self.root}: classes {', '.join(missing)} are not in this data set "
+                            f"(it has {', '.join(names)}); fix data.classes")
+        if self.split not in self.manifest["splits"]:
+            raise DataError(f"{self.root}: no '{self.split}' split (has {', '.join(self.manifest['splits'])})")
+        self.label_map = {names.index(c): i for i, c in enumerate(self.classes)}
+        entry = self.manifest["splits"][self.split]
+        counts = entry["class_counts"]
+        self.quota = [math.ceil(counts[c] * self.fraction) for c in self.classes]
+        per_shard = entry.get("shard_class_counts") or _scan_class_counts(self.root, entry["shards"], len(names))
+        self.shard_class = [[row[m] for m in self.label_map] for row in per_shard]
+        self.shard_kept = self._kept_per_shard()
+        self._offsets = [[0] * len(self.classes)]  # per shard: per class, samples in the shards before it
+        for row in self.shard_class:
+            self._offsets.append([a + b for a, b in zip(self._offsets[-1], row)])
+
+    @property
+    def entry(self) -> dict:
+        return self.manifest["splits"][self.split]
+
+    @functools.cached_property
+    def shards(self) -> list[Path]:
+        return [self.root / s for s in self.entry["shards"]]
+
+    @property
+    def count(self) -> int:
+        return sum(self.shard_kept)
+
+    def class_counts(self) -> list[int]:
+        return list(self.quota)
+
+    def _kept_per_shard(self) -> list[int]:
+        # train_fraction keeps the first quota[c] samples of each class in shard order
+        seen = [0] * len(self.classes)
+        kept = []
+        for row in self.shard_class:
+            n = 0
+            for c, k in enumerate(row):
+                n += max(0, min(k, self.quota[c] - seen[c]))
+                seen[c] += k
+            kept.append(n)
+        return kept
+
+    def class_offsets(self, shard_index: int) -> list[int]:
+        """Per class, how many samples of it precede this shard (in stored order)."""
+        return list(self._offsets[shard_index])
+
+
+def _scan_class_counts(root: Path, shards: Sequence[str], num_classes: int) -> list[list[int]]:
+    """Per-shard class counts read from the ``cls`` fields (for manifests that lack them)."""
+    out = []
+    for shard in shards:
+        row = [0] * num_classes
+        for sample in _read_shard(root / shard, select=lambda name: name.endswith(".cls"), errors=[]):
+            row[int(sample["cls"])] += 1
+        out.append(row)
+    return out
+
+
+def _read_shard(path: Path, select=None, errors: list | None = None) -> Iterator[dict]:
+    """Samples of one tar shard; a read error ends the shard and is recorded in ``errors``."""
+
+    def handler(exc: Exception) -> bool:
+        if errors is None:
+            raise exc
+        errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
+        return False
+
+    if not path.is_file():
+        raise DataError(f"shard {path} is missing; re-create the data set with `fer data pack`")
+    if _compressed(path):
+        yield from tarfile_samples(iter([{"url": str(path)}]), handler=handler, select_files=select)
+        return
+    try:
+        yield from tar_samples(path, select)
+    except Exception as exc:
+        handler(exc)
+
+
+def _compressed(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd"))  # gzip, bzip2, xz, zstd
+
+
+@dataclass
+class Decoder:
+    """Turns a raw sample into (input tensor, target, key); picklable for workers."""
+
+    image_size: int
+    channels: int
+    num_classes: int
+    soft_labels: bool = False
+    latent: bool = False
+    classes: tuple[str, ...] = ()
+
+    def __call__(self, sample: dict, label: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.latent:
+            array = np.load(io.BytesIO(sample["latent.npy"]))
+            inputs = torch.from_numpy(array.astype(np.float32))
+        else:
+            inputs = pixels_to_tensor(self.pixels(sample))
+        target = self.target(sample, label)
+        return inputs, target if isinstance(target, torch.Tensor) else torch.tensor(target)
+
+    def pixels(self, sample: dict) -> np.ndarray:
+        """The sample's image as uint8 [size, size, channels]; ``pixels_to_tensor`` makes it an input."""
+        return decode_pixels(_image_bytes(sample), self.image_size, self.channels)
+
+    def target(self, sample: dict, label: int) -> int | torch.Tensor:
+        """The class id, or with ``soft_labels`` the normalised votes [C] (one-hot when there are none)."""
+        if self.soft_labels and "votes.json" in sample:
+            votes = json.loads(sample["votes.json"])
+            target = torch.tensor([float(votes.get(c, 0)) for c in self.classes])
+            return target / target.sum() if target.sum() > 0 else torch.nn.functional.one_hot(
+                torch.tensor(label), self.num_classes).float()
+        if self.soft_labels:
+            return torch.nn.functional.one_hot(torch.tensor(label), self.num_classes).float()
+        return label
+
+
+def _image_bytes(sample: dict) -> bytes:
+    for key in IMAGE_KEYS:
+        if key in sample:
+            return sample[key]
+    raise ValueError("sample has no image")
+
+
+def decode_image(data: bytes, size: int, channels: int) -> torch.Tensor:
+    """Image bytes -> float tensor [channels, size, size] in [0, 1]."""
+    return pixels_to_tensor(decode_pixels(data, size, channels))
+
+
+def decode_pixels(data: bytes, size: int, channels: int) -> np.ndarray:
+    """Image bytes -> uint8 array [size, size, channels]: PIL's L/RGB conversion, bilinear resize if needed."""
+    if _plain_png(data, size, channels) and _png_decoder() is not None:
+        decode_png, modes = _png_decoder()
+        try:
+            image = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                               modes.GRAY if channels == 1 else modes.RGB)  # uint8 [C, H, W]
+            return image.permute(1, 2, 0).numpy()
+        except Exception:  # a damaged file (or warnings made errors): PIL decides, with its own error
+            pass
+    mode = "L" if channels == 1 else "RGB"
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode != mode:
+            image = image.convert(mode)
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR)
+        array = np.array(image, dtype=np.uint8)
+    return array.reshape(size, size, channels)
+
+
+def _plain_png(data: bytes, size: int, channels: int) -> bool:
+    """An 8-bit, non-interlaced grey or RGB PNG of the wanted size, not RGB wanted as grey.
+
+    libpng (through torchvision) decodes those to exactly PIL's pixels with less per-image
+    overhead (about 70 against 85 us for a 48x48 face); every other image (JPEG, palette, alpha,
+    16-bit, resizing, PIL's own RGB -> L weights) goes through PIL.
+    """
+    return (len(data) > 33 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+            and data[24] == 8 and data[28] == 0
+            and (data[25] == 0 or data[25] == 2 and channels == 3)
+            and int.from_bytes(data[16:20], "big") == size and int.from_bytes(data[20:24], "big") == size)
+
+
+@functools.cache
+def _png_decoder():
+    """torchvision's libpng decoder and its modes, or None where torchvision no longer has it.
+
+    (torchvision 0.29 deprecated its image codecs in favour of TorchCodec; PIL takes over when they go.)
+    """
+    try:
+        from torchvision.io import ImageReadMode, decode_png
+    except ImportError:
+        return None
+    return decode_png, ImageReadMode
+
+
+def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [..., H, W, C] -> contiguous float [..., C, H, W] in [0, 1] (one image or a stacked batch)."""
+    source = torch.from_numpy(pixels).movedim(-1, -3)
+    return torch.empty(source.shape, dtype=torch.float32).copy_(source).div_(255)
+
+
+class ShardStream(IterableDataset):
+    """Batches of one split for one rank; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        sources: list[SourceSplit],
+        decoder: Decoder,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int = 0,
+        augments: Sequence[torch.nn.Module] = (),
+        balance: bool = False,
+        shuffle_buffer: int = 1000,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        self.sources, self.decoder, self.batch_size = sources, decoder, batch_size
+        self.train, self.seed, self.augments = train, seed, list(augments)
+        self.balance, self.shuffle_buffer = balance and train, shuffle_buffer if train else 0
+        self.rank, self.world = rank, world
+        self.epoch = 0
+        self.sampled = self.balance or len(sources) > 1
+        self.total = sum(s.count for s in sources)
+        if self.total == 0:
+            raise DataError(f"{sources[0].root}: split '{sources[0].split}' has no samples of the recipe's classes")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    # -- sizes ---------------------------------------------------------------
+    def rank_range(self, rank: int) -> tuple[int, int]:
+        return self.total * rank // self.world, self.total * (rank + 1) // self.world
+
+    def num_batches(self) -> int:
+        """Batches every rank delivers this epoch (the largest rank's count)."""
+        longest = max(b - a for a, b in (self.rank_range(r) for r in range(self.world)))
+        return math.ceil(longest / self.batch_size)
+
+    def __len__(self) -> int:
+        return self.num_batches()
+
+    # -- iteration (runs inside each worker) ----------------------------------
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        start, stop = self.rank_range(self.rank)
+        a = start + (stop - start) * worker // workers
+        b = start + (stop - start) * (worker + 1) // workers
+        slot_seed = stable_seed(self.seed, self.epoch, self.rank, worker)
+        rng = random.Random(slot_seed)
+        if info is not None:
+            torch.manual_seed(slot_seed)
+        samples = self._sampled(rng, b - a) if self.sampled else self._ordered(a, b)
+        if self.shuffle_buffer > 1:
+            samples = _shuffled(samples, self.shuffle_buffer, rng)
+        yield from self._batches(samples)
+
+    def _epoch_shards(self, source: SourceSplit, epoch: int) -> list[int]:
+        order = list(range(len(source.shards)))
+        if self.train:
+            random.Random(stable_seed(self.seed, epoch, str(source.root))).shuffle(order)
+        return order
+
+    def _ordered(self, a: int, b: int) -> Iterator[tuple]:
+        """Samples [a, b) of this epoch's virtual sequence (single source)."""
+        source = self.sources[0]
+        position = 0
+        for s in self._epoch_shards(source, self.epoch):
+            n = source.shard_kept[s]
+            if position + n <= a:
+                position += n
+                continue
+            if position >= b:
+                return
+            for index, item in enumerate(self._kept(source, s)):
+                if a <= position + index < b:
+                    yield item
+                elif position + index >= b:
+                    break
+            position += n
+
+    def _sampled(self, rng: random.Random, quota: int) -> Iterator[tuple]:
+        """``quota`` samples drawn from cycling sources, class-balanced when asked."""
+        streams = [self._cycle(s, rng) for s in self.sources]
+        weights = [s.weight for s in self.sources]
+        accept = []
+        for source in self.sources:
+            # classes without samples must not set the rate: min(counts) = 0 would accept ~nothing
+            counts = source.class_counts()
+            rarest = min((c for c in counts if c > 0), default=1)
+            accept.append([rarest / c if self.balance and c else 1.0 for c in counts])
+        produced = 0
+        while produced < quota:
+            i = rng.choices(range(len(streams)), weights)[0] if len(streams) > 1 else 0
+            while True:
+                item = next(streams[i])
+                if item[0] == "corrupt" or rng.random() < accept[i][item[1]]:
+                    break
+            yield item
+            produced += 1
+
+    def _cycle(self, source: SourceSplit, rng: random.Random) -> Iterator[tuple]:
+        while True:
+            order = list(range(len(source.shards)))
+            rng.shuffle(order)
+            delivered = False
+            for s in order:
+                for item in self._kept(source, s):
+                    delivered = True
+                    yield item
+            if not delivered:
+                raise DataError(f"{source.root}: no readable samples in split '{source.split}'")
+
+    def _kept(self, source: SourceSplit, s: int) -> Iterator[tuple]:
+        """(raw sample, recipe label, shard name) of the kept samples of shard ``s``."""
+        kept = source.shard_kept[s]
+        if not kept:
+            return
+        seen = source.class_offsets(s)
+        errors: list[str] = []
+        produced = 0
+        for sample in _read_shard(source.shards[s], errors=errors):
+            try:
+                label = source.label_map.get(int(sample["cls"]))
+            except (KeyError, ValueError):
+                # an unreadable label takes one of the shard's places, so the shard still yields
+                # exactly ``kept`` items and the (rank, worker) ranges of the epoch stay aligned
+                produced += 1
+                yield ("corrupt", 0, f"{source.shards[s].name}:{sample.get('__key__')}")
+            else:
+                if label is None:
+                    continue
+                seen[label] += 1
+                if seen[label] > source.quota[label]:
+                    continue
+                produced += 1
+                yield (sample, label, source.shards[s].name)
+            if produced == kept:  # the rest of the shard is not kept (train_fraction, other classes)
+                return
+        for _ in range(kept - produced):  # truncated shard: count what is missing
+            yield ("corrupt", 0, f"{source.shards[s].name} ({errors[0] if errors else 'short'})")
+
+    def _batches(self, samples: Iterator[tuple]) -> Iterator[dict]:
+        augments = self.augments if self.train else []
+        # with no sample augments, images stay uint8 until _collate converts the whole batch at once
+        batched = not augments and not self.decoder.latent
+        inputs, targets, keys, corrupt = [], [], [], []
+        for sample, label, where in samples:
+            if sample == "corrupt":
+                corrupt.append(where)
+                continue
+            try:
+                if batched:
+                    x, y = self.decoder.pixels(sample), self.decoder.target(sample, label)
+                else:
+                    x, y = self.decoder(sample, label)
+            except Exception as exc:
+                corrupt.append(f"{where}:{sample.get('__key__')} ({type(exc).__name__})")
+                continue
+            for augment in augments:
+                x = augment(x)
+            inputs.append(x)
+            targets.append(y)
+            keys.append(sample["__key__"])
+            if len(inputs) == self.batch_size:
+                yield _collate(inputs, targets, keys, corrupt)
+                inputs, targets, keys, corrupt = [], [], [], []
+        if inputs or corrupt:
+            yield _collate(inputs, targets, keys, corrupt)
+
+
+def _collate(inputs, targets, keys, corrupt) -> dict:
+    if not inputs:
+        return {"inputs": None, "targets": None, "keys": keys, "corrupt": corrupt}
+    uint8 = isinstance(inputs[0], np.ndarray)  # decoded images: one conversion for the batch
+    hard = not isinstance(targets[0], torch.Tensor)  # class ids
+    return {
+        "inputs": pixels_to_tensor(np.stack(inputs)) if uint8 else torch.stack(inputs),
+        "targets": torch.tensor(targets, dtype=torch.int64) if hard else torch.stack(targets),
+        "keys": keys,
+        "corrupt": corrupt,
+    }
+
+
+def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    buffer = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= size:
+            yield buffer.pop(rng.randrange(len(buffer)))
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class EpochLoader:
+    """Iterates a ShardStream through a DataLoader and yields exactly ``len(self)`` full batches.
+
+    Workers end with partial batches; they are merged here. Corrupt samples are
+    counted in ``self.corrupt`` (names in ``self.corrupt_names``); a rank whose
+    stream fell short repeats samples so all ranks take the same number of steps.
+    """
+
+    def __init__(self, stream: ShardStream, num_workers: int = 0):
+        self.stream = stream
+        self.num_workers = num_workers
+        self.corrupt: list[str] = []
+        self._rng_state: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.stream.num_batches()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        self.corrupt = []
+        size, expected = self.stream.batch_size, len(self)
+        loader = DataLoader(self.stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
+                            persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+        pending: list[dict] = []
+        delivered = 0
+        last = None
+        for batch in self._isolated(loader):
+            self.corrupt.extend(batch["corrupt"])
+            if batch["inputs"] is None:
+                continue
+            if len(batch["keys"]) == size and not pending:
+                last = batch
+                delivered += 1
+                yield batch["inputs"], batch["targets"], batch["keys"]
+            else:
+                pending.append(batch)
+                merged = _merge(pending)
+                while merged is not None and len(merged["keys"]) >= size:
+                    head, merged = _split(merged, size)
+                    last = head
+                    delivered += 1
+                    yield head["inputs"], head["targets"], head["keys"]
+                pending = [merged] if merged is not None else []
+        if pending and delivered < expected:
+            last = pending[0]
+            delivered += 1
+            yield last["inputs"], last["targets"], last["keys"]
+        while delivered < expected and last is not None:  # short rank: resample to keep ranks in step
+            delivered += 1
+            yield last["inputs"], last["targets"], last["keys"]
+
+    def _isolated(self, loader: DataLoader) -> Iterator[dict]:
+        """Without workers, sample augments must not consume the training RNG."""
+        if self.num_workers:
+            yield from loader
+            return
+        iterator = iter(loader)
+        state = torch.Generator().manual_seed(
+            stable_seed(self.stream.seed, self.stream.epoch, self.stream.rank)).get_state()
+        while True:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(state)
+                batch = next(iterator, None)
+                state = torch.get_rng_state()
+            if batch is None:
+                return
+            yield batch
+
+
+def _as_is(batch: dict) -> dict:
+    """The DataLoader's collate_fn: ShardStream batches are complete (default_convert would walk every key)."""
+    return batch
+
+
+def _merge(batches: list[dict]) -> dict | None:
+    batches = [b for b in batches if b is not None and b["inputs"] is not None]
+    if not batches:
+        return None
+    return {
+        "inputs": torch.cat([b["inputs"] for b in batches]),
+        "targets": torch.cat([b["targets"] for b in batches]),
+        "keys": [k for b in batches for k in b["keys"]],
+        "corrupt": [],
+    }
+
+
+def _split(batch: dict, size: int) -> tuple[dict, dict | None]:
+    head = {k: batch[k][:size] for k in ("inputs", "targets", "keys")}
+    rest = {k: batch[k][size:] for k in ("inputs", "targets", "keys")}
+    head["corrupt"] = rest["corrupt"] = []
+    return head, (rest if len(rest["keys"]) else None)

@@ -1,0 +1,96 @@
+"""Export a trained Encoder -> Backbone -> Head model to ONNX.
+
+The exported graph takes ``images`` float32 [batch, channels, image_size, image_size] in
+[0, 1] (the recipe's data size; encoders resize and normalise inside the graph, as they
+do in PyTorch) and returns ``logits`` [batch, num_classes]; the batch axis is dynamic.
+Logits rather than probabilities keep the graph identical to ``FerModel.forward`` (the
+predictors apply the softmax). Everything needed to use the file alone is stored in the
+model's metadata_props as JSON values under ``fer.*``: classes, recipe_name, image_size,
+channels, parameters, output, and the resolved recipe.
+
+Uses the TorchScript-based exporter (``torch.onnx.export(dynamo=False)``): it handles
+timm CNNs and ViTs and needs no extra package (the dynamo exporter needs onnxscript).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fer_core.errors import FerError
+from fer_core.inference import Trained, load_trained
+from fer_core.model import count_parameters
+from fer_core.predictor import METADATA_PREFIX
+from fer_core.runs import run_dir_of
+
+DEFAULT_OPSET = 18
+
+
+class LogitsOnly(nn.Module):
+    """FerModel in evaluation: images -> logits (drops the targets of ``forward``)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)[0]
+
+
+def default_onnx_path(run_or_checkpoint: str | Path) -> Path:
+    """``RUN/model.onnx`` for a run directory or a checkpoint inside one; else ``X.onnx`` beside the file."""
+    run_dir = run_dir_of(run_or_checkpoint)
+    return run_dir / "model.onnx" if run_dir is not None else Path(run_or_checkpoint).with_suffix(".onnx")
+
+
+def export_onnx(run_or_checkpoint: str | Path | Trained, out: str | Path, opset: int = DEFAULT_OPSET,
+                batch_size: int = 2) -> Path:
+    """Write the whole model as ONNX with a dynamic batch axis and fer metadata; returns ``out``."""
+    import onnx
+
+    trained = run_or_checkpoint if isinstance(run_or_checkpoint, Trained) else load_trained(run_or_checkpoint)
+    data = trained.recipe["data"]
+    size, channels = int(data["image_size"]), int(data["channels"])
+    wrapper = LogitsOnly(trained.model.cpu().eval()).eval()
+    example = torch.rand(batch_size, channels, size, size, generator=torch.Generator().manual_seed(0))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's tracer and deprecation chatter
+        try:
+            torch.onnx.export(wrapper, (example,), str(out), input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise FerError(f"ONNX export of '{trained.recipe['name']}' failed: {type(exc).__name__}: {first}") from None
+    model = onnx.load(str(out))
+    metadata = {
+        "classes": trained.classes, "recipe_name": trained.recipe["name"], "image_size": size,
+        "channels": channels, "parameters": count_parameters(trained.model)[0], "output": "logits",
+        "checkpoint": str(trained.checkpoint), "recipe": trained.recipe,
+    }
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_PREFIX + key, json.dumps(value, default=str)
+    onnx.save(model, str(out))
+    return out
+
+
+def max_difference(trained: Trained, onnx_path: str | Path, batch_size: int = 3) -> float:
+    """Largest absolute logit difference between PyTorch and ONNX Runtime on a random batch."""
+    from fer_core.predictor import OnnxPredictor
+
+    data = trained.recipe["data"]
+    images = torch.rand(batch_size, data["channels"], data["image_size"], data["image_size"],
+                        generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = trained.model(images)[0].numpy()
+    session = OnnxPredictor(onnx_path).session
+    (got,) = session.run(None, {"images": images.numpy()})
+    return float(np.abs(got - expected).max())

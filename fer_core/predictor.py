@@ -1,0 +1,196 @@
+"""Predictors: one interface over a trained run (PyTorch) and an exported model (ONNX Runtime).
+
+``fer predict`` and ``fer serve`` take either a run directory / checkpoint or an ``.onnx``
+file written by ``fer export``. The ONNX path never imports torch, so a machine with
+only ``fer-core``'s light dependencies, numpy, Pillow and onnxruntime can predict.
+
+Images travel as numpy arrays: ``decode`` turns image bytes into float32 [C, H, W] in
+[0, 1] exactly as the training loader does (PIL's L/RGB conversion, bilinear resize,
+divide by 255), and ``predict`` turns a stacked batch [B, C, H, W] into class
+probabilities [B, num_classes].
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from fer_core.errors import CheckpointError, FerError
+
+ONNX_SUFFIX = ".onnx"
+METADATA_PREFIX = "fer."
+
+
+class Predictor(Protocol):
+    classes: list[str]
+    name: str  # the recipe's name
+    format: str  # "pytorch" or "onnx"
+    image_size: int
+    channels: int
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /info`` reports: classes, recipe name, model format and size."""
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Image bytes -> float32 [C, H, W] in [0, 1]; raises on anything that is not an image."""
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """float32 images [B, C, H, W] -> probabilities [B, num_classes] (rows sum to 1)."""
+
+
+def decode_array(data: bytes, size: int, channels: int) -> np.ndarray:
+    """numpy twin of ``fer_core.data.loader.decode_image``: same pixels, same scaling, no torch."""
+    mode = "L" if channels == 1 else "RGB"
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode != mode:
+            image = image.convert(mode)
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR)
+        pixels = np.array(image, dtype=np.uint8).reshape(size, size, channels)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class TorchPredictor:
+    """A run directory or checkpoint, rebuilt with its recipe (see ``fer_core.inference``)."""
+
+    format = "pytorch"
+
+    def __init__(self, run_or_checkpoint: str | Path, device: str = "cpu"):
+        from fer_core.inference import load_trained
+
+        self.trained = load_trained(run_or_checkpoint, device=device)
+        self.device = device
+        data = self.trained.recipe["data"]
+        self.classes, self.name = list(self.trained.classes), self.trained.recipe["name"]
+        self.image_size, self.channels = int(data["image_size"]), int(data["channels"])
+
+    def info(self) -> dict[str, Any]:
+        from fer_core.model import count_parameters
+
+        path = self.trained.checkpoint
+        return _info(self, path, parameters=count_parameters(self.trained.model)[0])
+
+    def decode(self, data: bytes) -> np.ndarray:
+        from fer_core.data.loader import decode_image
+
+        return decode_image(data, self.image_size, self.channels).numpy()
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logits, _ = self.trained.model(torch.from_numpy(images).to(self.device))
+            return logits.float().softmax(dim=1).cpu().numpy()
+
+
+class OnnxPredictor:
+    """A model written by ``fer export --format onnx``, run with ONNX Runtime (no torch)."""
+
+    format = "onnx"
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise FerError("running an .onnx model needs onnxruntime: pip install 'fer-core[onnx]'") from None
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"{self.path}: no such ONNX file")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise CheckpointError(f"{self.path}: not a readable ONNX model ({first})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if f"{METADATA_PREFIX}classes" not in meta:
+            raise CheckpointError(f"{self.path}: an ONNX model without fer metadata; export it with `fer export`")
+        self.metadata = {key[len(METADATA_PREFIX):]: json.loads(value) for key, value in meta.items()
+                         if key.startswith(METADATA_PREFIX)}
+        self.classes, self.name = list(self.metadata["classes"]), self.metadata["recipe_name"]
+        self.image_size, self.channels = int(self.metadata["image_size"]), int(self.metadata["channels"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def info(self) -> dict[str, Any]:
+        return _info(self, self.path, parameters=self.metadata.get("parameters"))
+
+    def decode(self, data: bytes) -> np.ndarray:
+        return decode_array(data, self.image_size, self.channels)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})
+        return softmax(logits)
+
+
+def _info(predictor, path: Path, parameters: int | None) -> dict[str, Any]:
+    return {
+        "name": predictor.name, "classes": predictor.classes, "format": predictor.format,
+        "image_size": predictor.image_size, "channels": predictor.channels,
+        "parameters": parameters, "file": str(path), "file_bytes": path.stat().st_size,
+    }
+
+
+def is_onnx(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ONNX_SUFFIX
+
+
+def load_predictor(run_checkpoint_or_onnx: str | Path, device: str = "cpu", threads: int | None = None) -> Predictor:
+    """An ``.onnx`` file -> OnnxPredictor (no torch); a run directory or checkpoint -> TorchPredictor.
+
+    ``threads`` sets the intra-op threads of ONNX Runtime, or torch's (process-wide) for a run.
+    """
+    if is_onnx(run_checkpoint_or_onnx):
+        return OnnxPredictor(run_checkpoint_or_onnx, threads=threads)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return TorchPredictor(run_checkpoint_or_onnx, device=device)
+
+
+def read_image_file(predictor: Predictor, path: str | Path) -> np.ndarray:
+    try:
+        return predictor.decode(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise FerError(f"{path}: no such image file") from None
+    except Exception as exc:
+        raise FerError(f"{path}: not a readable image ({type(exc).__name__})") from None
+
+
+def prediction(classes: Sequence[str], probs: np.ndarray, top_k: int | None = None) -> dict[str, Any]:
+    """One image's result: label, confidence, and all probabilities (or the top k)."""
+    order = np.argsort(-probs, kind="stable")
+    result: dict[str, Any] = {"label": classes[int(order[0])], "confidence": round(float(probs[order[0]]), 6)}
+    if top_k is None:
+        result["probabilities"] = {name: round(float(p), 6) for name, p in zip(classes, probs)}
+    else:
+        result["top_k"] = [{"label": classes[int(i)], "probability": round(float(probs[i]), 6)}
+                           for i in order[:min(top_k, len(classes))]]
+    return result
+
+
+def predict_files(predictor: Predictor, paths: Sequence[str | Path], batch_size: int = 64,
+                  top_k: int = 3) -> list[dict[str, Any]]:
+    """``fer predict``'s rows for any predictor: image, label, confidence, top-k probabilities."""
+    results = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        probs = predictor.predict(np.stack([read_image_file(predictor, path) for path in chunk]))
+        results.extend({"image": str(path), **prediction(predictor.classes, p, top_k)}
+                       for path, p in zip(chunk, probs))
+    return results

@@ -1,0 +1,158 @@
+"""The comparison a study writes: results.json, results.md, results.csv, a plot and a rich table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from fer_core.study import FRACTION_KEY, Study
+
+# (row key, column title, format) in table order, after the approach and the grid values
+COLUMNS = (
+    ("accuracy", "test acc", "{:.4f}"),
+    ("f1_macro", "macro F1", "{:.4f}"),
+    ("f1_weighted", "weighted F1", "{:.4f}"),
+    ("train_time_s", "train s", "{:.1f}"),
+    ("inference_images_per_s", "infer img/s", "{:.0f}"),
+    ("peak_memory_mb", "peak MB", "{:.0f}"),
+    ("parameters", "params", "{:,}"),
+    ("trainable_parameters", "trainable", "{:,}"),
+    ("trainable_percent", "trainable %", "{:.1f}"),
+)
+
+
+def result_row(study: Study, run, record: dict[str, Any]) -> dict[str, Any]:
+    """One run's line of the comparison, from its summary.json when it finished."""
+    row: dict[str, Any] = {"id": run.id, "label": run.label, **{k: v for k, v in run.settings.items()},
+                           "recipe": run.recipe["name"], "status": record.get("status", "pending"),
+                           "error": record.get("error"), "run_dir": record.get("run_dir")}
+    summary_path = Path(record["run_dir"]) / "summary.json" if record.get("run_dir") else None
+    if row["status"] == "finished" and summary_path and summary_path.is_file():
+        s = json.loads(summary_path.read_text())
+        row.update(s["test"])
+        row.update({k: s[k] for k in ("epochs", "train_time_s", "inference_images_per_s", "inference_input",
+                                      "peak_memory_mb", "parameters", "trainable_parameters")})
+        row["trainable_percent"] = round(100 * s["trainable_parameters"] / max(s["parameters"], 1), 2)
+    return row
+
+
+def write_results(study: Study, records: dict[str, dict], console=None) -> list[dict[str, Any]]:
+    rows = [result_row(study, run, records.get(run.id, {})) for run in study.runs]
+    out = study.out_dir
+    plot = plot_results(study, rows, out)
+    payload = {"study": study.name, "file": str(study.path), "description": study.description,
+               "metric": study.metric, "grid": study.grid, "plot": plot.name if plot else None, "runs": rows}
+    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / "results.md").write_text(markdown_table(study, rows, plot))
+    (out / "results.csv").write_text(csv_text(study, rows))
+    if console is not None:
+        console.print(rich_table(study, rows))
+        console.print(f"study results: {out}/results.md, results.csv, results.json"
+                      + (f", {plot.name}" if plot else ""), highlight=False)
+    return rows
+
+
+def _cells(study: Study, row: dict[str, Any]) -> list[str]:
+    cells = [row["label"], *(_value(row.get(key)) for key in study.grid)]
+    if row["status"] != "finished" or "accuracy" not in row:
+        note = row["status"] + (f": {row['error']}" if row.get("error") else "")
+        return cells + [note] + [""] * (len(COLUMNS) - 1)
+    return cells + [fmt.format(row[key]) for key, _, fmt in COLUMNS]
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float) and 0 < value <= 1:
+        return f"{value:g}"
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _titles(study: Study) -> list[str]:
+    return ["approach", *(key.split(".")[-1] for key in study.grid), *(title for _, title, _ in COLUMNS)]
+
+
+def markdown_table(study: Study, rows: list[dict[str, Any]], plot: Path | None) -> str:
+    titles = _titles(study)
+    lines = [f"# Study {study.name}", ""]
+    if study.description:
+        lines += [study.description.strip(), ""]
+    lines += ["| " + " | ".join(titles) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(titles))) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(study, row)) + " |" for row in rows]
+    lines += ["", "Test metrics on each run's test split; training time in seconds; inference throughput of a "
+                  "forward pass on one evaluation batch; trainable % = trainable / total parameters."]
+    if any(row.get("inference_input") == "latents" for row in rows):
+        lines.append("Runs that read cached latents measure throughput without the encoder.")
+    if plot:
+        lines += ["", f"![{study.metric}]({plot.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(study: Study, rows: list[dict[str, Any]]) -> str:
+    fields = ["id", "label", *study.grid, "recipe", "status", *(key for key, _, _ in COLUMNS), "epochs",
+              "inference_input", "run_dir", "error"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def rich_table(study: Study, rows: list[dict[str, Any]]):
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"study {study.name}: {len(rows)} runs")
+    for i, title in enumerate(_titles(study)):
+        table.add_column(title, justify="left" if i <= len(study.grid) else "right")
+    for row in rows:
+        cells = [escape(c) for c in _cells(study, row)]
+        if row["status"] != "finished":
+            cells[len(study.grid) + 1] = f"[red]{cells[len(study.grid) + 1]}[/]"
+        table.add_row(*cells)
+    return table
+
+
+def plot_results(study: Study, rows: list[dict[str, Any]], out: Path) -> Path | None:
+    """The metric against the training-set fraction (a line per approach), or a bar per run."""
+    done = [row for row in rows if row["status"] == "finished" and study.metric in row]
+    if not done:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = study.metric
+    title = {"accuracy": "test accuracy", "f1_macro": "test macro F1", "f1_weighted": "test weighted F1"}[metric]
+    others = [key for key in study.grid if key != FRACTION_KEY]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if FRACTION_KEY in study.grid:
+        path = out / f"{metric}_vs_fraction.png"
+        series: dict[str, list[tuple[float, float]]] = {}
+        for row in done:
+            name = row["label"] + "".join(f", {key.split('.')[-1]}={_value(row[key])}" for key in others)
+            series.setdefault(name, []).append((100 * row[FRACTION_KEY], row[metric]))
+        for name, points in series.items():
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", label=name)
+        fractions = sorted({100 * f for f in study.grid[FRACTION_KEY]})
+        ax.set_xticks(fractions, [f"{f:g} %" for f in fractions])
+        ax.set_xlabel("training-set fraction")
+        ax.legend(fontsize=8)
+    else:
+        path = out / f"{metric}.png"
+        names = [row["id"] for row in done]
+        bars = ax.bar(range(len(done)), [row[metric] for row in done], color="tab:blue")
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+        ax.set_xticks(range(len(done)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(title)
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"study {study.name}: {title}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
