@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools
-	$(PY) -m pip install -q -e '.[test]' $(foreach p,$(PLUGINS),-e $(p))
+	$(PY) -m pip install -q -e '.[test,serve,onnx]' $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
 demo: install
@@ -23,12 +23,15 @@ demo: install
 	$(FER) run recipes/quickstart.yaml
 
 test: install
+	sh scripts/install-browser.sh
 	$(PY) -m pytest -q
 
 bench: install
 	$(PY) benchmarks/cli_startup.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/trainer_overhead.py
+	$(PY) benchmarks/encode.py
+	$(PY) benchmarks/serve.py --onnx
 
 clean:
 	rm -rf $(VENV) runs data

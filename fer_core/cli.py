@@ -153,22 +153,22 @@ def eval_command(run_or_checkpoint, data_dir, split, tta, as_json) -> None:
 
 
 @main.command("predict")
-@click.argument("run_or_checkpoint", type=click.Path(exists=True))
+@click.argument("run_or_checkpoint", metavar="RUN_CHECKPOINT_OR_ONNX", type=click.Path(exists=True))
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", default=3, show_default=True, help="Probabilities to show per image.")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one per image.")
 def predict_command(run_or_checkpoint, images, top_k, batch_size, as_json) -> None:
-    """Predict the expression of each IMAGE file."""
-    from fer_core.inference import load_trained, predict_files
+    """Predict the expression of each IMAGE file with a run, checkpoint or exported .onnx model."""
+    from fer_core.predictor import load_predictor, predict_files
 
-    trained = load_trained(run_or_checkpoint)
-    results = predict_files(trained, list(images), batch_size=batch_size, top_k=top_k)
+    predictor = load_predictor(run_or_checkpoint)
+    results = predict_files(predictor, list(images), batch_size=batch_size, top_k=top_k)
     if as_json:
         for r in results:
             click.echo(json.dumps(r))
         return
-    table = Table(title=f"{trained.recipe['name']} predictions")
+    table = Table(title=f"{predictor.name} predictions")
     for column in ("image", "label", "confidence", f"top {top_k}"):
         table.add_column(column)
     for r in results:
@@ -192,9 +192,12 @@ def _add_subcommands() -> None:
     """Attach command groups that live beside their code."""
     from fer_core.data.cli import data
     from fer_core.scaffold.cli import plugin
+    from fer_core.serve.cli import export, serve
 
     main.add_command(data)
     main.add_command(plugin)
+    main.add_command(serve)
+    main.add_command(export)
 
 
 _add_subcommands()

@@ -12,7 +12,10 @@ A study file::
     grid:                              # optional; every run once per combination
       data.train_fraction: [0.1, 0.25, 0.5, 1.0]
 
-Every recipe of every combination is validated before the first run starts. Runs go one
+Recipe paths are relative to the study file; ``out`` and the recipes' data paths to the working
+directory. A run's recipe is: its file < the study's overrides < ``fer study -s`` < the run's
+``set`` < its grid values. Every recipe of every combination is validated (with its data
+directory and the files its components read) before the first run starts. Runs go one
 after the other in this process; a failing run is recorded with its one-line error and the
 study goes on. ``<out>/<name>/study.json`` records each run's directory, so running the study
 again skips finished runs, resumes a killed one from its last checkpoint and retries failed ones.

@@ -64,9 +64,7 @@ def _cells(study: Study, row: dict[str, Any]) -> list[str]:
 
 
 def _value(value: Any) -> str:
-    if isinstance(value, float) and 0 < value <= 1:
-        return f"{value:g}"
-    return json.dumps(value) if not isinstance(value, str) else value
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _titles(study: Study) -> list[str]:
@@ -78,7 +76,8 @@ def markdown_table(study: Study, rows: list[dict[str, Any]], plot: Path | None) 
     lines = [f"# Study {study.name}", ""]
     if study.description:
         lines += [study.description.strip(), ""]
-    lines += ["| " + " | ".join(titles) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(titles))) + "|"]
+    aligns = ["---"] * (1 + len(study.grid)) + ["---:"] * len(COLUMNS)
+    lines += ["| " + " | ".join(titles) + " |", "|" + "|".join(aligns) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(study, row)) + " |" for row in rows]
     lines += ["", "Test metrics on each run's test split; training time in seconds; inference throughput of a "
                   "forward pass on one evaluation batch; trainable % = trainable / total parameters."]

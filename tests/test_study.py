@@ -85,7 +85,8 @@ def test_study_writes_table_plot_and_resumes(tmp_path, synth):
     assert [r["status"] for r in rows] == ["finished"] * 4
     for row in rows:
         assert 0 <= row["accuracy"] <= 1 and row["parameters"] >= row["trainable_parameters"] > 0
-        assert row["trainable_percent"] == pytest.approx(100 * row["trainable_parameters"] / row["parameters"], abs=0.01)
+        share = 100 * row["trainable_parameters"] / row["parameters"]
+        assert row["trainable_percent"] == pytest.approx(share, abs=0.01)
         assert (Path(row["run_dir"]) / "summary.json").is_file()
     header = (out / "results.md").read_text().splitlines()[2]
     for title in ("approach", "train_fraction", "test acc", "macro F1", "weighted F1", "train s", "infer img/s",

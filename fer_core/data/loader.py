@@ -239,9 +239,9 @@ def _png_decoder():
     return decode_png, ImageReadMode
 
 
-def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+def pixels_to_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [..., H, W, C] -> contiguous float [..., C, H, W] in [0, 1] (one image or a stacked batch)."""
-    source = torch.from_numpy(pixels).movedim(-1, -3)
+    source = (torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels).movedim(-1, -3)
     return torch.empty(source.shape, dtype=torch.float32).copy_(source).div_(255)
 
 
@@ -269,6 +269,8 @@ class ShardStream(IterableDataset):
         self.epoch = 0
         self.sampled = self.balance or len(sources) > 1
         self.total = sum(s.count for s in sources)
+        if not decoder.latent:
+            _png_decoder()  # import it here, not again in every worker of every epoch
         if self.total == 0:
             raise DataError(f"{sources[0].root}: split '{sources[0].split}' has no samples of the recipe's classes")
 
@@ -390,7 +392,8 @@ class ShardStream(IterableDataset):
 
     def _batches(self, samples: Iterator[tuple]) -> Iterator[dict]:
         augments = self.augments if self.train else []
-        # with no sample augments, images stay uint8 until _collate converts the whole batch at once
+        # with no sample augments, images stay uint8 [B, H, W, C] (a quarter of the bytes between
+        # processes); EpochLoader converts whole batches to float
         batched = not augments and not self.decoder.latent
         inputs, targets, keys, corrupt = [], [], [], []
         for sample, label, where in samples:
@@ -420,10 +423,10 @@ class ShardStream(IterableDataset):
 def _collate(inputs, targets, keys, corrupt) -> dict:
     if not inputs:
         return {"inputs": None, "targets": None, "keys": keys, "corrupt": corrupt}
-    uint8 = isinstance(inputs[0], np.ndarray)  # decoded images: one conversion for the batch
+    uint8 = isinstance(inputs[0], np.ndarray)  # decoded images, converted once per batch by EpochLoader
     hard = not isinstance(targets[0], torch.Tensor)  # class ids
     return {
-        "inputs": pixels_to_tensor(np.stack(inputs)) if uint8 else torch.stack(inputs),
+        "inputs": torch.from_numpy(np.stack(inputs)) if uint8 else torch.stack(inputs),
         "targets": torch.tensor(targets, dtype=torch.int64) if hard else torch.stack(targets),
         "keys": keys,
         "corrupt": corrupt,
@@ -444,7 +447,7 @@ class EpochLoader:
     """Iterates a ShardStream through a DataLoader and yields exactly ``len(self)`` full batches.
 
     Workers end with partial batches; they are merged here. Corrupt samples are
-    counted in ``self.corrupt`` (names in ``self.corrupt_names``); a rank whose
+    listed in ``self.corrupt`` (one name each, shard first); a rank whose
     stream fell short repeats samples so all ranks take the same number of steps.
     """
 
@@ -475,7 +478,7 @@ class EpochLoader:
             if len(batch["keys"]) == size and not pending:
                 last = batch
                 delivered += 1
-                yield batch["inputs"], batch["targets"], batch["keys"]
+                yield _delivered(batch)
             else:
                 pending.append(batch)
                 merged = _merge(pending)
@@ -483,15 +486,15 @@ class EpochLoader:
                     head, merged = _split(merged, size)
                     last = head
                     delivered += 1
-                    yield head["inputs"], head["targets"], head["keys"]
+                    yield _delivered(head)
                 pending = [merged] if merged is not None else []
         if pending and delivered < expected:
             last = pending[0]
             delivered += 1
-            yield last["inputs"], last["targets"], last["keys"]
+            yield _delivered(last)
         while delivered < expected and last is not None:  # short rank: resample to keep ranks in step
             delivered += 1
-            yield last["inputs"], last["targets"], last["keys"]
+            yield _delivered(last)
 
     def _isolated(self, loader: DataLoader) -> Iterator[dict]:
         """Without workers, sample augments must not consume the training RNG."""
@@ -509,6 +512,12 @@ class EpochLoader:
             if batch is None:
                 return
             yield batch
+
+
+def _delivered(batch: dict) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(inputs, targets, keys) with uint8 pixel batches [B, H, W, C] made float [B, C, H, W] in [0, 1]."""
+    inputs = batch["inputs"]
+    return pixels_to_tensor(inputs) if inputs.dtype == torch.uint8 else inputs, batch["targets"], batch["keys"]
 
 
 def _as_is(batch: dict) -> dict:
