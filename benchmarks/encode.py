@@ -165,9 +165,9 @@ def main() -> None:
                             f"{device}{threads}, median of {args.repeats}")
         for column in ("", "images/s", "vs bare", "runs"):
             table.add_column(column)
-        table.add_row("bare forward loop", f"{b:.2f}", "1.00x", ", ".join(f"{x:.2f}" for x in bare))
-        table.add_row("fer data encode", f"{e:.2f}", f"{e / b:.2f}x", ", ".join(f"{x:.2f}" for x in encoding))
-        table.add_row("  with encoder build", f"{w:.2f}", f"{w / b:.2f}x", ", ".join(f"{x:.2f}" for x in whole))
+        table.add_row("bare forward loop", f"{b:.3g}", "1.00x", ", ".join(f"{x:.3g}" for x in bare))
+        table.add_row("fer data encode", f"{e:.3g}", f"{e / b:.2f}x", ", ".join(f"{x:.3g}" for x in encoding))
+        table.add_row("  with encoder build", f"{w:.3g}", f"{w / b:.2f}x", ", ".join(f"{x:.3g}" for x in whole))
         table.caption = "target: fer data encode >= 0.9x the bare loop"
         console.print(table)
 

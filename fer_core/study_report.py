@@ -143,12 +143,13 @@ def plot_results(study: Study, rows: list[dict[str, Any]], out: Path) -> Path | 
         ax.legend(fontsize=8)
     else:
         path = out / f"{metric}.png"
-        names = [row["id"] for row in done]
+        names = [row["label"] + "".join(f"\n{key.split('.')[-1]}={_value(row[key])}" for key in others)
+                 for row in done]
         bars = ax.bar(range(len(done)), [row[metric] for row in done], color="tab:blue")
         ax.bar_label(bars, fmt="%.3f", fontsize=8)
         ax.set_xticks(range(len(done)), names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(title)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, min(1.02, 0.05 + 1.15 * max(row[metric] for row in done)))
     ax.grid(alpha=0.3)
     ax.set_title(f"study {study.name}: {title}")
     fig.tight_layout()
