@@ -134,7 +134,7 @@ def eval_command(run_or_checkpoint, data_dir, split, tta, as_json) -> None:
     """Evaluate a trained run (its best checkpoint) on a split."""
     import torch
 
-    from fer_core.data.sources import make_loader
+    from fer_core.data.sources import cached_latents, make_loader
     from fer_core.evaluate import evaluate, report_table
     from fer_core.inference import load_trained
 
@@ -143,9 +143,12 @@ def eval_command(run_or_checkpoint, data_dir, split, tta, as_json) -> None:
     data = dict(trained.recipe["data"])
     if data_dir:
         data.update(root=data_dir, sources=None)
+    latents = cached_latents(data, trained.recipe["model"]["encoder"], trained.model.encoder,
+                             frozen=trained.model.frozen.get("encoder", False), device=device)
     loader = make_loader(data, split, trained.classes, trained.recipe["eval"]["batch_size"], train=False,
-                         seed=trained.recipe["seed"])
-    result = evaluate(trained.model, loader, len(trained.classes), torch.device(device), tta=tta)
+                         seed=trained.recipe["seed"], latent=latents is not None, roots=latents)
+    result = evaluate(trained.model, loader, len(trained.classes), torch.device(device),
+                      encoded=latents is not None, tta=tta)
     if as_json:
         click.echo(json.dumps({"checkpoint": str(trained.checkpoint), "split": split, **result}, indent=2))
         return

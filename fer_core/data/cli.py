@@ -137,11 +137,12 @@ def encode(shard_dir: Path, out_dir: Path | None, encoder: str, checkpoint: str 
     where = run["out_dir"]
     total = sum(entry["count"] for entry in manifest["splits"].values())
     rate = run["images"] / run["seconds"] if run["seconds"] else 0.0
-    console.print(f"[bold]{where}[/]: {total} latents {tuple(latent['shape'])} float16 of "
+    console.print(f"[bold]{escape(where)}[/]: {total} latents {tuple(latent['shape'])} float16 of "
                   f"{escape(describe(latent))}", highlight=False, soft_wrap=True)
-    console.print(f"encoded {run['images']} images in {run['seconds']:.1f} s ({rate:.1f} img/s)"
-                  + (f", {run['skipped_shards']} shards already done" if run["skipped_shards"] else "")
-                  + f"; {time.perf_counter() - started:.1f} s in all", highlight=False, soft_wrap=True)
+    if run["images"] or run["skipped_shards"]:
+        console.print(f"encoded {run['images']} images in {run['seconds']:.1f} s ({rate:.1f} img/s)"
+                      + (f", {run['skipped_shards']} shards already done" if run["skipped_shards"] else "")
+                      + f"; {time.perf_counter() - started:.1f} s in all", highlight=False, soft_wrap=True)
     hint = f"data.root: {shard_dir}" if out_dir is None else f"data.root: {out_dir}"
     console.print(f"use them in a recipe with {hint} and the same model.encoder", highlight=False, soft_wrap=True)
 
