@@ -196,11 +196,13 @@ def _add_subcommands() -> None:
     from fer_core.data.cli import data
     from fer_core.scaffold.cli import plugin
     from fer_core.serve.cli import export, serve
+    from fer_core.study import study
 
     main.add_command(data)
     main.add_command(plugin)
     main.add_command(serve)
     main.add_command(export)
+    main.add_command(study)
 
 
 _add_subcommands()

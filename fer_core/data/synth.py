@@ -119,8 +119,8 @@ _LOWER_VALUES, _UPPER_VALUES = _values(_LOWER), _values(_UPPER)
 
 
 def sample_expression(name: str, rng: np.random.Generator) -> Expression:
-    """The prototype of ``name`` at a random intensity (0.7 to 1.1), every parameter jittered."""
-    intensity = rng.uniform(0.7, 1.1)
+    """The prototype of ``name`` at a random intensity (0.8 to 1.2), every parameter jittered."""
+    intensity = rng.uniform(0.8, 1.2)
     values = _NEUTRAL_VALUES + intensity * (_PROTOTYPE_VALUES[name] - _NEUTRAL_VALUES)
     values += _JITTER_VALUES * rng.standard_normal(values.shape)
     return Expression(*np.clip(values, _LOWER_VALUES, _UPPER_VALUES).tolist())
@@ -229,7 +229,7 @@ def sample_pose(rng: np.random.Generator, canvas: int, face_height: float) -> Po
     scale = canvas * rng.uniform(0.3, 0.39)
     shift = canvas * rng.uniform(-0.07, 0.07, 2)
     return Pose(
-        yaw=math.radians(rng.uniform(-28, 28)),
+        yaw=math.radians(rng.uniform(-22, 22)),
         pitch=math.radians(rng.uniform(-15, 15)),
         roll=math.radians(rng.normal(0, 10)),
         scale=scale,
@@ -557,7 +557,7 @@ def render_face(expression: str, rng: np.random.Generator, size: int = 48) -> np
     image = draw_background(rng, size)
     draw = ImageDraw.Draw(image)
     sketch.render(draw, pose)
-    if rng.random() < 0.2:
+    if rng.random() < 0.15:
         draw_occluder(draw, rng, pose)
     return finish(image, rng, size)
 
