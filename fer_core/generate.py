@@ -18,16 +18,22 @@ import math
 from pathlib import Path
 
 import click
-import torch
 
 MODES = ("sample", "interpolate")
 RECONSTRUCTIONS = 32  # faces in the reconstructions PNG, shown as 8 (input, reconstruction) pairs per row
 
 
-@torch.no_grad()
 def generate_images(run: str | Path, n: int = 100, mode: str = "sample", out: str | Path | None = None,
                     seed: int = 0, mix: int = 3, device: str | torch.device | None = None) -> dict[str, Path]:
     """Write the grid and the reconstructions PNG; returns their paths ({"grid": ..., "reconstructions": ...})."""
+    import torch  # here, so that `fer --help` does not import torch
+
+    with torch.no_grad():
+        return _generate(run, n, mode, out, seed, mix, device)
+
+
+def _generate(run, n, mode, out, seed, mix, device) -> dict[str, Path]:
+    import torch
     from torchvision.utils import save_image
 
     from fer_core.data.sources import make_loader, resolve_classes
