@@ -24,7 +24,7 @@ demo: install
 
 test: install
 	-sh scripts/install-browser.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 bench: install
 	$(PY) benchmarks/cli_startup.py
