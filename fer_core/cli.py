@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -113,15 +114,18 @@ def run_command(recipe_path, overrides, resume, out, keep, nproc) -> None:
         from fer_core.launch import launch
 
         sys.exit(launch(nproc, sys.argv[1:]))
+    from fer_core.pretrain import run_pretrain
+    from fer_core.runs import load_checkpoint
     from fer_core.train import run
 
     if resume:
-        run(None, resume=resume)
+        task = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")["recipe"].get("task")
+        (run_pretrain if task == "pretrain" else run)(None, resume=resume)
         return
     if not recipe_path:
         raise FerError("fer run needs a RECIPE file (or --resume RUN_DIR)")
     resolved = _load(recipe_path, overrides + ((f"train.keep={keep}",) if keep is not None else ()))
-    run(resolved, out=out)
+    (run_pretrain if resolved["task"] == "pretrain" else run)(resolved, out=out)
 
 
 @main.command("eval")
@@ -196,6 +200,7 @@ def _add_subcommands() -> None:
     from fer_core.data.cli import data
     from fer_core.scaffold.cli import plugin
     from fer_core.serve.cli import export, serve
+    from fer_core.generate import generate
     from fer_core.study import study
 
     main.add_command(data)
@@ -203,6 +208,7 @@ def _add_subcommands() -> None:
     main.add_command(serve)
     main.add_command(export)
     main.add_command(study)
+    main.add_command(generate)
 
 
 _add_subcommands()

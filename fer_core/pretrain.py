@@ -79,7 +79,7 @@ from fer_core.model import build_sample_augments, count_parameters
 from fer_core.plugins import get_host
 from fer_core.recipe import dump
 from fer_core.runs import (MetricsLog, load_checkpoint, new_run_dir, resolve_checkpoint, rng_state,
-                           save_checkpoint, set_rng_state, write_json, write_text)
+                           save_epoch_checkpoints, set_rng_state, write_json, write_text)
 from fer_core.train import (NonFiniteLoss, _check_corrupt, autocast_dtype, open_split_names, peak_memory_mb,
                             seed_everything)
 
@@ -215,14 +215,7 @@ def _run(recipe, out, resume, state, env, console) -> Path:
                       **prefixed("train", {k: v / max(seen, 1) for k, v in sums.items()}), **prefixed("val", metrics)}
             log.log(record, epoch + 1)
             save_samples(encoder, sample_images, device, run_dir / "samples" / f"epoch-{epoch + 1:04d}.png")
-            ckpt = checkpoint_state()
-            save_checkpoint(run_dir / "checkpoints" / "last.pt", ckpt)
-            if better:
-                save_checkpoint(run_dir / "checkpoints" / "best.pt", ckpt)
-            if train_cfg["keep"]:
-                save_checkpoint(run_dir / "checkpoints" / f"epoch-{epoch + 1:04d}.pt", ckpt)
-                for old in sorted((run_dir / "checkpoints").glob("epoch-*.pt"))[:-train_cfg["keep"]]:
-                    old.unlink()
+            save_epoch_checkpoints(run_dir, checkpoint_state(), epoch + 1, better, train_cfg["keep"])
             progress.console.print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, train L1 "
                                    f"{record.get('train_l1', float('nan')):.4f}, {eval_split} L1 {metrics['l1']:.4f}"
                                    + (" [green](best)[/]" if better else ""), highlight=False)

@@ -175,3 +175,15 @@ class MetricsLog:
 
 def read_recipe(run_dir: Path) -> dict[str, Any]:
     return yaml.safe_load((run_dir / "recipe.yaml").read_text())
+
+
+def save_epoch_checkpoints(run_dir: Path, state: Mapping[str, Any], epoch: int, best: bool, keep: int) -> None:
+    """``last.pt`` every epoch, ``best.pt`` when it improved, and the last ``keep`` epoch files."""
+    folder = run_dir / "checkpoints"
+    save_checkpoint(folder / "last.pt", state)
+    if best:
+        save_checkpoint(folder / "best.pt", state)
+    if keep:
+        save_checkpoint(folder / f"epoch-{epoch:04d}.pt", state)
+        for old in sorted(folder.glob("epoch-*.pt"))[:-keep]:
+            old.unlink()

@@ -28,7 +28,7 @@ from fer_core.evaluate import evaluate, report_table, write_report
 from fer_core.model import build_model, build_sample_augments, count_parameters
 from fer_core.plugins import get_host
 from fer_core.recipe import dump
-from fer_core.runs import (MetricsLog, load_checkpoint, new_run_dir, rng_state, save_checkpoint,
+from fer_core.runs import (MetricsLog, load_checkpoint, new_run_dir, rng_state, save_epoch_checkpoints,
                            set_rng_state, write_json, write_text)
 
 
@@ -281,14 +281,7 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
                       **{f"val_{k}": metrics[k] for k in ("accuracy", "f1_macro", "f1_weighted", "loss")}}
             if env.main:
                 log.log(record, epoch + 1)
-                ckpt = checkpoint_state()
-                save_checkpoint(run_dir / "checkpoints" / "last.pt", ckpt)
-                if better:
-                    save_checkpoint(run_dir / "checkpoints" / "best.pt", ckpt)
-                if train_cfg["keep"]:
-                    save_checkpoint(run_dir / "checkpoints" / f"epoch-{epoch + 1:04d}.pt", ckpt)
-                    for old in sorted((run_dir / "checkpoints").glob("epoch-*.pt"))[:-train_cfg["keep"]]:
-                        old.unlink()
+                save_epoch_checkpoints(run_dir, checkpoint_state(), epoch + 1, better, train_cfg["keep"])
                 progress.console.print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, "
                                        f"{eval_split} accuracy {metrics['accuracy']:.4f}, macro F1 "
                                        f"{metrics['f1_macro']:.4f}" + (" [green](best)[/]" if better else ""),
