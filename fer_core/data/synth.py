@@ -119,8 +119,8 @@ _LOWER_VALUES, _UPPER_VALUES = _values(_LOWER), _values(_UPPER)
 
 
 def sample_expression(name: str, rng: np.random.Generator) -> Expression:
-    """The prototype of ``name`` at a random intensity (0.9 to 1.25), every parameter jittered."""
-    intensity = rng.uniform(0.9, 1.25)
+    """The prototype of ``name`` at a random intensity (0.8 to 1.2), every parameter jittered."""
+    intensity = rng.uniform(0.8, 1.2)
     values = _NEUTRAL_VALUES + intensity * (_PROTOTYPE_VALUES[name] - _NEUTRAL_VALUES)
     values += _JITTER_VALUES * rng.standard_normal(values.shape)
     return Expression(*np.clip(values, _LOWER_VALUES, _UPPER_VALUES).tolist())
