@@ -37,6 +37,10 @@ _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 def checkpoint_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file (read in 1 MB chunks), remembered per (path, size, mtime)."""
     path = Path(path)
+    if path.is_dir():  # a run directory (e.g. a VAE-GAN pretraining run): hash its best checkpoint
+        from fer_core.runs import resolve_checkpoint
+
+        path = resolve_checkpoint(path)
     try:
         stat = path.stat()
     except OSError:
