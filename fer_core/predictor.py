@@ -12,15 +12,14 @@ probabilities [B, num_classes].
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
+from fer_core.data.images import pil_pixels
 from fer_core.errors import CheckpointError, FerError
 
 ONNX_SUFFIX = ".onnx"
@@ -46,13 +45,7 @@ class Predictor(Protocol):
 
 def decode_array(data: bytes, size: int, channels: int) -> np.ndarray:
     """numpy twin of ``fer_core.data.loader.decode_image``: same pixels, same scaling, no torch."""
-    mode = "L" if channels == 1 else "RGB"
-    with Image.open(io.BytesIO(data)) as image:
-        if image.mode != mode:
-            image = image.convert(mode)
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.BILINEAR)
-        pixels = np.array(image, dtype=np.uint8).reshape(size, size, channels)
+    pixels = pil_pixels(data, size, channels)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
 
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
+from fer_core.data.images import pil_pixels
 from fer_core.data.shards import read_manifest
 from fer_core.data.tarstream import tar_samples
 from fer_core.errors import DataError
@@ -203,14 +203,7 @@ def decode_pixels(data: bytes, size: int, channels: int) -> np.ndarray:
             return image.permute(1, 2, 0).numpy()
         except Exception:  # a damaged file (or warnings made errors): PIL decides, with its own error
             pass
-    mode = "L" if channels == 1 else "RGB"
-    with Image.open(io.BytesIO(data)) as image:
-        if image.mode != mode:
-            image = image.convert(mode)
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.BILINEAR)
-        array = np.array(image, dtype=np.uint8)
-    return array.reshape(size, size, channels)
+    return pil_pixels(data, size, channels)
 
 
 def _plain_png(data: bytes, size: int, channels: int) -> bool:
