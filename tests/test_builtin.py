@@ -58,6 +58,38 @@ def test_patches_encoder_turns_images_into_tokens(registry):
         build(registry, "encoder", {"name": "patches", "patch_size": 7}, {"image_size": 48, "in_chans": 3})
 
 
+@pytest.mark.parametrize("in_chans", [3, 1])
+def test_timm_tokens_encoder_gives_one_token_per_feature_position(registry, in_chans):
+    spec = {"name": "timm_tokens", "model": "resnet10t", "stage": 2}
+    encoder = build(registry, "encoder", spec, {"image_size": 48, "in_chans": in_chans}).eval()
+    assert (encoder.input_size, encoder.latent_shape, encoder.trainable) == (48, (36, 128), True)
+    images = torch.rand(2, in_chans, 48, 48)
+    with torch.no_grad():
+        tokens = encoder(images)
+        feature_map = encoder.net(encoder.normalize(images))[-1]  # [2, 128, 6, 6]
+    assert tokens.shape == (2, 36, 128)
+    assert torch.equal(tokens[1, 6 + 2], feature_map[1, :, 1, 2])  # row-major positions
+    deeper = build(registry, "encoder", {**spec, "stage": 3}, {"image_size": 48, "in_chans": 3})
+    assert deeper.latent_shape == (9, 256)
+
+
+def test_timm_tokens_encoder_errors_name_the_key(registry):
+    context = {"image_size": 48, "in_chans": 3}
+    with pytest.raises(RecipeError, match=r"^model.encoder.model: timm has no model 'resnet1000'"):
+        build(registry, "encoder", {"name": "timm_tokens", "model": "resnet1000"}, context)
+    with pytest.raises(RecipeError, match=r"^model.encoder.stage: resnet10t has no feature stage 9"):
+        build(registry, "encoder", {"name": "timm_tokens", "stage": 9}, context)
+
+
+def test_timm_tokens_latents_are_cached_only_with_fixed_weights(registry):
+    from fer_core.data.latents import uncacheable_reason
+
+    encoder = build(registry, "encoder", {"name": "timm_tokens"}, {"image_size": 32, "in_chans": 3})
+    assert "random weights" in uncacheable_reason({"name": "timm_tokens"}, encoder, registry)
+    assert uncacheable_reason({"name": "timm_tokens", "pretrained": True}, encoder, registry) is None
+    assert uncacheable_reason({"name": "timm_tokens", "checkpoint": "cnn.safetensors"}, encoder, registry) is None
+
+
 # -- backbone --------------------------------------------------------------------
 @pytest.mark.parametrize("model, in_chans, features", [
     ("resnet10t", 3, 512),
@@ -80,7 +112,7 @@ def test_timm_backbone_normalises_with_the_models_statistics(registry):
     torch.manual_seed(0)
     raw = build(registry, "backbone", {**spec, "normalize": False}, BACKBONE_CONTEXT).eval()
     images = torch.rand(2, 3, 32, 32)
-    mean, std = normalised.mean, normalised.std
+    mean, std = normalised.normalize.mean, normalised.normalize.std
     with torch.no_grad():
         assert torch.allclose(normalised(images), raw((images - mean) / std), atol=1e-5)
     assert mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])

@@ -211,6 +211,23 @@ def test_synth_dataset_70_15_15(tmp_path):
         assert (tmp_path / "cli" / name).read_bytes() == (out / name).read_bytes()
 
 
+def test_recipe_synth_data_is_drawn_once_and_must_match_its_settings(tmp_path):
+    from fer_core.data.sources import ensure_data
+
+    root = tmp_path / "synth"
+    spec = {"root": str(root), "synth": {"n": 21, "size": 16, "seed": 3}}
+    ensure_data(spec)
+    assert sum(e["count"] for e in read_manifest(root)["splits"].values()) == 21
+    before = (root / "dataset.json").stat().st_mtime_ns
+    ensure_data(spec)  # same settings: reused as it is
+    assert (root / "dataset.json").stat().st_mtime_ns == before
+    with pytest.raises(DataError, match=rf"^{root} holds synthetic faces drawn with n=21, size=16, but data.synth "
+                                        rf"asks for n=28, size=24; delete {root} to draw them again"):
+        ensure_data({**spec, "synth": {"n": 28, "size": 24, "seed": 3}})
+    write_manifest(root, {**read_manifest(root), "source_format": "imagefolder"})
+    ensure_data({**spec, "synth": {"n": 28}})  # a packed real data set there is used, not second-guessed
+
+
 def test_pack_function_reports_nothing_packed(tmp_path):
     src = tmp_path / "src"
     write_corrupt_files(src / "happy")

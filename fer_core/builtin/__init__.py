@@ -21,6 +21,8 @@ def register_encoders(register):
              summary="passes images through to an image backbone")
     register("patches", "fer_core.builtin.encoders:build_patches",
              summary="image patches as latent tokens (parameter-free, no download)")
+    register("timm_tokens", "fer_core.builtin.timm_tokens:build_timm_tokens",
+             summary="a timm CNN's feature map as latent tokens (trainable; pretrained via timm)")
 
 
 @hookimpl

@@ -11,6 +11,21 @@ from torch import nn
 from fer_core.errors import FerError, RecipeError
 
 
+class ImageNormalize(nn.Module):
+    """[0,1] images -> the mean/std normalisation a timm model was trained with (0.5/0.5 if unknown)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        mean, std = cfg.get("mean", (0.5, 0.5, 0.5)), cfg.get("std", (0.5, 0.5, 0.5))
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        channels = images.shape[1]
+        return (images - self.mean[:, :channels]) / self.std[:, :channels]
+
+
 class TimmBackbone(nn.Module):
     input_kind = "image"
 
@@ -18,17 +33,19 @@ class TimmBackbone(nn.Module):
         super().__init__()
         self.model = model
         self.num_features = model.num_features
-        cfg = model.pretrained_cfg or {}
-        mean, std = cfg.get("mean", (0.5, 0.5, 0.5)), cfg.get("std", (0.5, 0.5, 0.5))
-        self.normalize = normalize
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.normalize = ImageNormalize(model) if normalize else nn.Identity()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.normalize:
-            channels = images.shape[1]
-            images = (images - self.mean[:, :channels]) / self.std[:, :channels]
-        return self.model(images)
+        return self.model(self.normalize(images))
+
+
+def check_timm_name(model: str, where: str) -> None:
+    """A RecipeError naming similar models when timm has no ``model``."""
+    if not timm.is_model(model):
+        close = difflib.get_close_matches(model, timm.list_models(), n=5, cutoff=0.7)
+        close = close or timm.list_models(f"*{model.split('_')[0]}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise RecipeError(f"{where}: timm has no model {model!r}{hint}")
 
 
 def build_timm(
@@ -44,11 +61,7 @@ def build_timm(
     in_chans: int = 3,
 ) -> TimmBackbone:
     """Build ``timm.create_model(model, num_classes=0)``; ``pretrained_file`` loads local weights."""
-    if not timm.is_model(model):
-        close = difflib.get_close_matches(model, timm.list_models(), n=5, cutoff=0.7)
-        close = close or timm.list_models(f"*{model.split('_')[0]}*")[:5]
-        hint = f"; similar: {', '.join(close)}" if close else ""
-        raise RecipeError(f"model.backbone.model: timm has no model {model!r}{hint}")
+    check_timm_name(model, "model.backbone.model")
     kwargs: dict = {"num_classes": 0, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate

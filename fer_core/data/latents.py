@@ -130,7 +130,8 @@ def uncacheable_reason(spec: Mapping[str, Any], encoder=None, registry=None) -> 
     """
     name = spec["name"]
     random = f"encoder '{name}' has random weights (no checkpoint), so its latents depend on the seed"
-    if registry is not None and not spec.get("checkpoint"):
+    fixed = spec.get("checkpoint") or spec.get("pretrained")  # weights that do not depend on the seed
+    if registry is not None and not fixed:
         params = registry.get("encoder", name, "model.encoder.name").parameters() or {}
         if "checkpoint" in params:
             return random
@@ -140,7 +141,7 @@ def uncacheable_reason(spec: Mapping[str, Any], encoder=None, registry=None) -> 
         return f"encoder '{name}' passes images through; there are no latents to cache"
     if not getattr(encoder, "cacheable", False):
         return f"encoder '{name}' is not cacheable (its output is not fixed by its parameters)"
-    if not spec.get("checkpoint") and any(p.numel() for p in encoder.parameters()):
+    if not fixed and any(p.numel() for p in encoder.parameters()):
         return random
     return None
 

@@ -14,14 +14,34 @@ from fer_core.errors import DataError
 
 
 def ensure_data(data: Mapping[str, Any], console=None) -> None:
-    """Generate the synthetic set when ``data.synth`` is given and ``data.root`` is missing."""
+    """Generate the synthetic set when ``data.synth`` is given and ``data.root`` is missing;
+    a synthetic set already there must have been drawn with the same settings."""
     root = data.get("root")
-    if root and data.get("synth") is not None and not (Path(root) / MANIFEST_NAME).exists():
-        from fer_core.data.pack import make_synth_dataset
+    if not root or data.get("synth") is None:
+        return
+    if (Path(root) / MANIFEST_NAME).exists():
+        check_synth_settings(root, data["synth"])
+        return
+    from fer_core.data.pack import make_synth_dataset
 
-        if console is not None:
-            console.print(f"[cyan]{root} is missing: drawing the synthetic data set first[/]")
-        make_synth_dataset(root, **data["synth"], progress=console is not None)
+    if console is not None:
+        console.print(f"[cyan]{root} is missing: drawing the synthetic data set first[/]")
+    make_synth_dataset(root, **data["synth"], progress=console is not None)
+
+
+def check_synth_settings(root: str | Path, synth: Mapping[str, Any]) -> None:
+    """A DataError when ``root`` holds synthetic faces drawn with other ``n``/``size``/``seed``."""
+    manifest = read_manifest(root)
+    if manifest.get("source_format") != "synth":
+        return  # a real data set in its place: data.synth is only the fallback
+    have = {"n": sum(split["count"] for split in manifest["splits"].values()),
+            "size": manifest["image"]["size"][0], "seed": manifest.get("seed")}
+    differ = [key for key in ("n", "size", "seed") if key in synth and synth[key] != have[key]]
+    if differ:
+        asked = ", ".join(f"{key}={synth[key]}" for key in differ)
+        found = ", ".join(f"{key}={have[key]}" for key in differ)
+        raise DataError(f"{root} holds synthetic faces drawn with {found}, but data.synth asks for {asked}; "
+                        f"delete {root} to draw them again, or point data.root at another directory")
 
 
 def source_roots(data: Mapping[str, Any]) -> list[tuple[Path, float]]:

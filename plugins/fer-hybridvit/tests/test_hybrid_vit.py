@@ -116,7 +116,8 @@ def test_adapters_receive_gradients_and_change_the_output(small_file):
     latents = torch.randn(4, *LATENT)
     model(latents).pow(2).mean().backward()
     assert all(block.mlp.adapter.fc2.weight.grad.abs().sum() > 0 for block in model.blocks)
-    assert all(p.grad is None for n, p in model.named_parameters() if ".adapter." not in n and "proj" not in n)
+    trained = (".adapter.", "tokenizer.proj.", "tokenizer.input_norm.")
+    assert all(p.grad is None for n, p in model.named_parameters() if not any(part in n for part in trained))
 
 
 def test_state_dict_round_trip_rebuilds_the_same_model(small_file):
@@ -141,9 +142,12 @@ def test_full_trains_everything(small_file):
     assert _trainable(model) == {n for n, _ in model.named_parameters()}
 
 
+INPUT_PROJECTION = {"tokenizer.input_norm.weight", "tokenizer.input_norm.bias", "tokenizer.proj.weight", "tokenizer.proj.bias"}
+
+
 def test_adapter_trains_only_projection_and_adapters(small_file):
     model = small(small_file, strategy="adapter")
-    expected = {"tokenizer.proj.weight", "tokenizer.proj.bias"} | {
+    expected = INPUT_PROJECTION | {
         f"blocks.{i}.mlp.adapter.{fc}.{w}" for i in range(6) for fc in ("fc1", "fc2") for w in ("weight", "bias")
     }
     assert _trainable(model) == expected
@@ -151,7 +155,7 @@ def test_adapter_trains_only_projection_and_adapters(small_file):
 
 def test_linear_probe_trains_only_the_projection(small_file):
     model = small(small_file, strategy="linear_probe")
-    assert _trainable(model) == {"tokenizer.proj.weight", "tokenizer.proj.bias"}
+    assert _trainable(model) == INPUT_PROJECTION
 
 
 def test_partial_freezes_the_lower_blocks(small_file):

@@ -160,6 +160,7 @@ class HybridViT(nn.Module):
     def _freeze(self) -> None:
         """requires_grad per strategy; the input projection always trains (it is new)."""
         self.requires_grad_(self.strategy in ("full", "partial"))
+        self.tokenizer.input_norm.requires_grad_(True)
         self.tokenizer.proj.requires_grad_(True)
         if self.strategy == "adapter":
             for block in self.blocks:
@@ -192,7 +193,7 @@ class HybridViT(nn.Module):
         return dict(stem=r"^tokenizer|^norm_pre", blocks=r"^blocks\.(\d+)", norm=r"^norm\.|^fc_norm\.")
 
     def _part(self, name: str) -> str:
-        if name.startswith("tokenizer.proj."):
+        if name.startswith(("tokenizer.proj.", "tokenizer.input_norm.")):
             return "proj"
         if name.startswith("tokenizer."):
             return "pos"

@@ -39,8 +39,12 @@ POOLS = ("cls", "mean")
 
 
 class LatentTokenizer(nn.Module):
-    """Latents [B, T, D] -> tokens [B, P + T, E]: a linear projection of every row,
-    an optional learned CLS token in front (P = 1), and a learned position embedding.
+    """Latents [B, T, D] -> tokens [B, P + T, E]: a LayerNorm and a linear projection of
+    every row, an optional learned CLS token in front (P = 1), and a learned position embedding.
+
+    The input norm matters: latents are not centred (w+ rows sit around StyleGAN's mean
+    latent, pixel patches around grey), and without it the shared offset swamps what
+    differs between samples, so training stalls at chance.
 
     Reused by fer-hybridvit (``from fer_latentvit.latent_vit import LatentTokenizer``).
     """
@@ -50,6 +54,7 @@ class LatentTokenizer(nn.Module):
         self.num_tokens = num_tokens
         self.latent_dim = latent_dim
         self.num_prefix_tokens = 1 if class_token else 0
+        self.input_norm = nn.LayerNorm(latent_dim, eps=1e-6)
         self.proj = nn.Linear(latent_dim, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + num_tokens, embed_dim))
@@ -68,7 +73,7 @@ class LatentTokenizer(nn.Module):
                 f"latent tokenizer was built for latents [B, {self.num_tokens}, {self.latent_dim}] but got "
                 f"{list(latents.shape)}; rebuild the model for this encoder's latent_shape"
             )
-        x = self.proj(latents.to(self.proj.weight.dtype))  # cached latents are stored as float16
+        x = self.proj(self.input_norm(latents.to(self.proj.weight.dtype)))  # cached latents are float16
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.pos_embed
