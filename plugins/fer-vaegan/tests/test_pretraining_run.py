@@ -161,6 +161,18 @@ def test_generate_writes_a_grid_and_reconstructions(pretrained, tmp_path):
             assert pairs.size == (16 * 34 + 2, 4 * 34 + 2)  # 32 val faces and their reconstructions, 8 pairs a row
 
 
+def test_eval_and_predict_on_a_pretraining_run_say_what_to_do(pretrained, tmp_path):
+    from fer_core.cli import main
+
+    face = tmp_path / "face.png"
+    Image.new("RGB", (32, 32), (128, 100, 90)).save(face)
+    for args in (["eval", str(pretrained)], ["predict", str(pretrained), str(face)]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code != 0
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "a pretraining run (task: pretrain) has no classifier" in lines[0], result.output
+
+
 def test_pretraining_recipes_take_an_encoder_only(recipe_path):
     registry = get_registry()
     recipe = load_recipe(recipe_path, registry=registry)
