@@ -26,17 +26,6 @@ def fresh_plugin_host(monkeypatch):
     fer_core.plugins.reset()
 
 
-@pytest.fixture
-def one_thread():
-    """torch on one thread: the test machines have few, busy cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(threads)
-
-
 @dataclass
 class FakeDist:
     name: str

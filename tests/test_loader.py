@@ -27,15 +27,8 @@ from fer_core.train import _check_corrupt
 CLASSES = ["anger", "happiness", "neutral", "sadness"]
 
 # torchvision >= 0.29 warns on every call of its (deprecated) PNG decoder, which the loader uses where it equals PIL
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")]
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------

@@ -7,15 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 from rich.console import Console
 
 from fer_core.data.pack import make_synth_dataset
 from fer_core.errors import RecipeError
-from fer_core.plugins import reset
 from fer_core.study import load_study, run_study
 from fer_core.study import study as study_command
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LATENT = """
 name: tiny-latent
@@ -43,15 +43,6 @@ runs:
 grid:
   data.train_fraction: [0.5, 1.0]
 """
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    reset()
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,12 @@ from click.testing import CliRunner
 
 from fer_core.cli import main
 from fer_core.data.pack import make_synth_dataset
-from fer_core.plugins import get_registry, reset
+from fer_core.plugins import get_registry
 from fer_core.recipe import load_recipe
 from fer_core.registry import Component
 from fer_core.train import NonFiniteLoss, run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FER = [sys.executable, "-m", "fer_core"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -36,15 +38,6 @@ schedule: {{name: cosine, warmup_epochs: 1}}
 train: {{epochs: {epochs}, batch_size: 32, log_every: 2}}
 eval: {{batch_size: 128}}
 """
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    reset()
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

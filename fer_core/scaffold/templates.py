@@ -57,13 +57,7 @@ import torch
 
 from fer_core.testing import check_$kind, check_plugin
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # a fixture of fer-core's pytest plugin
 
 
 def test_plugin_loads_alone_and_imports_no_torch():

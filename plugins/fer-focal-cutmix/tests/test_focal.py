@@ -9,16 +9,9 @@ import torch.nn.functional as F
 from fer_core.errors import FerError
 from fer_focal_cutmix.focal import FocalLoss, auto_class_weights, build_focal
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 C = 7
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors gain nothing from threads, and on a busy CPU spinning threads cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _batch(n=8, seed=0, dtype=torch.float32):

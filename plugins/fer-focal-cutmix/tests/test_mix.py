@@ -16,16 +16,9 @@ from fer_focal_cutmix.mix import (
     build_mixup,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 C = 7
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors gain nothing from threads, and on a busy CPU spinning threads cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _constant_images(batch, size=16):

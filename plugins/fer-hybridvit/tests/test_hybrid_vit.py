@@ -15,16 +15,8 @@ from fer_hybridvit.hybrid_vit import HybridViT, build_hybrid_vit
 LATENT = (18, 512)
 SMALL = "test_vit"  # timm's 6-block, 64-wide test ViT (10 x 10 patch grid): fast to build and run
 
-pytestmark = pytest.mark.filterwarnings("ignore:hybrid_vit strategy:UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors gain nothing from threads, and on a busy CPU spinning threads cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:hybrid_vit strategy:UserWarning")]
 
 
 def _random_vit(name: str, seed: int) -> nn.Module:

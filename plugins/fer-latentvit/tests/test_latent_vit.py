@@ -7,16 +7,9 @@ from torch import nn
 from fer_core.errors import FerError
 from fer_latentvit.latent_vit import LatentTokenizer, LatentViT, build_latent_vit, param_layer_ids
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = dict(embed_dim=32, depth=2, heads=4, mlp_ratio=2.0)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors gain nothing from threads, and on a busy CPU spinning threads cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("latent_shape", [(18, 512), (1, 256), (7, 64)])

@@ -39,12 +39,8 @@ eval: {{batch_size: 64}}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _fresh_plugin_host(one_thread):
     reset()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,11 @@ from fer_core.data.synth import synthesize
 from fer_core.testing import check_encoder, check_plugin
 from fer_vaegan.vaegan import PatchDiscriminator, build_vaegan, kl_divergence, reparameterize
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ADAM = {"name": "adam", "lr": 2.0e-3, "betas": [0.5, 0.999], "weight_decay": 0.0, "momentum": 0.9,
         "nesterov": False}
 TINY = {"latent_dim": 16, "widths": [8, 16, 32], "disc_body": "resnet10t"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def faces(n: int, size: int) -> torch.Tensor:
