@@ -243,11 +243,7 @@ class HybridViT(nn.Module):
         return self.norm(x)
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.pool == "cls":
-            x = tokens[:, 0]
-        else:
-            x = tokens[:, self.tokenizer.num_prefix_tokens:].mean(dim=1)
-        return self.fc_norm(x)
+        return self.fc_norm(self.tokenizer.pool(tokens, self.pool))
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(latents))

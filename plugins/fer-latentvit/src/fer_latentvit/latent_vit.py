@@ -78,6 +78,12 @@ class LatentTokenizer(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.pos_embed
 
+    def pool(self, tokens: torch.Tensor, how: str) -> torch.Tensor:
+        """Transformer outputs [B, P + T, E] -> features [B, E]: the first (CLS) token, or the latent tokens' mean."""
+        if how == "cls":
+            return tokens[:, 0]
+        return tokens[:, self.num_prefix_tokens:].mean(dim=1)
+
 
 class LatentViT(nn.Module):
     """Pre-norm transformer over latent tokens; features are the CLS output (or the token mean)."""
@@ -172,9 +178,7 @@ class LatentViT(nn.Module):
         return self.norm(x)
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.pool == "cls":
-            return tokens[:, 0]
-        return tokens[:, self.tokenizer.num_prefix_tokens:].mean(dim=1)
+        return self.tokenizer.pool(tokens, self.pool)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(latents))
