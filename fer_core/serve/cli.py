@@ -54,7 +54,15 @@ def serve(model, host, port, max_bytes, max_files, max_batch, max_wait_ms, devic
 @click.option("--opset", default=18, show_default=True, type=click.IntRange(min=13))
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Compare ONNX Runtime's logits with PyTorch's on a random batch.")
-def export(run_or_checkpoint, fmt, out, opset, check) -> None:
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Also write an INT8 model (RUN/model.int8.onnx) and compare it with float32.")
+@click.option("--quantize-mode", type=click.Choice(["auto", "static", "dynamic"]), default="auto", show_default=True,
+              help="static: calibrated INT8 activations (CNNs); dynamic: INT8 weights (transformers); "
+                   "auto: static when the graph is mostly convolutions.")
+@click.option("--calibration", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Training images used to calibrate static quantization.")
+@click.option("--split", default="test", show_default=True, help="Split on which float32 and INT8 are compared.")
+def export(run_or_checkpoint, fmt, out, opset, check, quantize, quantize_mode, calibration, split) -> None:
     """Export the whole Encoder->Backbone->Head model (images in [0,1] -> logits, dynamic batch)."""
     _needs("onnx", "onnx")
     import importlib.util
@@ -69,3 +77,37 @@ def export(run_or_checkpoint, fmt, out, opset, check) -> None:
                f"{trained.recipe['data']['image_size']}] in [0, 1] -> logits [batch, {len(trained.classes)}])")
     if check and importlib.util.find_spec("onnxruntime") is not None:
         click.echo(f"max |logit difference| against PyTorch on a batch of 3: {max_difference(trained, path):.2e}")
+    if quantize:
+        _needs("onnxruntime", "onnx")
+        _export_int8(trained, path, quantize_mode, calibration, split)
+
+
+def _export_int8(trained, path, mode: str, calibration: int, split: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fer_core.quantize import calibration_batches, choose_mode, compare_models, quantize_int8
+    from fer_core.runs import run_dir_of, write_json
+
+    mode = choose_mode(path) if mode == "auto" else mode
+    batches = calibration_batches(trained, calibration) if mode == "static" else None
+    int8 = quantize_int8(path, path.with_suffix(".int8.onnx"), mode=mode, calibration=batches)
+    used = f"{sum(len(b) for b in batches)} training images" if batches else "no calibration"
+    click.echo(f"wrote {int8} ({mode} INT8, {used})")
+    rows = compare_models(trained, {"float32": path, "int8": int8}, split=split)
+    table = Table(title=f"float32 against INT8 ({split} split, onnxruntime on the CPU)")
+    for column in ("model", "file MB", "img/s b1", "img/s b32", "accuracy", "macro F1", "agrees"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, row in rows.items():
+        table.add_row(name, f"{row['file_mb']:.2f}", f"{row['images_per_s_batch1']:.0f}",
+                      f"{row['images_per_s_batch32']:.0f}", f"{row['accuracy']:.4f}", f"{row['f1_macro']:.4f}",
+                      f"{row['agreement']:.1%}")
+    Console().print(table)
+    f, q = rows["float32"], rows["int8"]
+    click.echo(f"INT8: {f['file_mb'] / q['file_mb']:.1f}x smaller, {q['images_per_s_batch1'] / f['images_per_s_batch1']:.2f}x "
+               f"at batch 1, {q['images_per_s_batch32'] / f['images_per_s_batch32']:.2f}x at batch 32, accuracy "
+               f"{100 * (q['accuracy'] - f['accuracy']):+.2f} points")
+    run_dir = run_dir_of(trained.checkpoint)
+    if run_dir is not None:
+        write_json(run_dir / "quantization.json", {"mode": mode, "calibration_images": sum(len(b) for b in batches or []),
+                                                   "split": split, "models": rows})
