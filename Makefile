@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools
-	$(PY) -m pip install -q -e '.[test,serve,onnx]' $(foreach p,$(PLUGINS),-e $(p))
+	$(PY) -m pip install -q -e '.[test,serve,onnx,lora]' $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
 demo: install

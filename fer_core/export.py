@@ -24,6 +24,7 @@ from torch import nn
 
 from fer_core.errors import FerError
 from fer_core.inference import Trained, load_trained
+from fer_core.lora import has_lora, merge_lora
 from fer_core.model import count_parameters
 from fer_core.predictor import METADATA_PREFIX
 from fer_core.runs import run_dir_of
@@ -56,6 +57,8 @@ def export_onnx(run_or_checkpoint: str | Path | Trained, out: str | Path, opset:
     trained = run_or_checkpoint if isinstance(run_or_checkpoint, Trained) else load_trained(run_or_checkpoint)
     data = trained.recipe["data"]
     size, channels = int(data["image_size"]), int(data["channels"])
+    if has_lora(trained.model):  # the file holds plain linear layers with the LoRA updates folded in
+        merge_lora(trained.model)
     wrapper = LogitsOnly(trained.model.cpu().eval()).eval()
     example = torch.rand(batch_size, channels, size, size, generator=torch.Generator().manual_seed(0))
     out = Path(out)

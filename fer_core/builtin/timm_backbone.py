@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fer_core.errors import FerError, RecipeError
+from fer_core.lora import add_lora, lora_settings
 
 
 class ImageNormalize(nn.Module):
@@ -57,11 +58,17 @@ def build_timm(
     grad_checkpointing: bool = False,
     img_size: int | None = None,
     normalize: bool = True,
+    lora: dict | None = None,
     image_size: int = 224,
     in_chans: int = 3,
 ) -> TimmBackbone:
-    """Build ``timm.create_model(model, num_classes=0)``; ``pretrained_file`` loads local weights."""
+    """Build ``timm.create_model(model, num_classes=0)``; ``pretrained_file`` loads local weights.
+
+    ``lora`` (see ``fer_core.lora``) fine-tunes with LoRA: the timm model is frozen but for its
+    low-rank updates, so only they and the head train.
+    """
     check_timm_name(model, "model.backbone.model")
+    settings = lora_settings(lora, "model.backbone.lora")
     kwargs: dict = {"num_classes": 0, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
@@ -76,4 +83,6 @@ def build_timm(
         raise FerError(f"cannot load weights for timm model {model!r}: {exc}") from exc
     if grad_checkpointing:
         net.set_grad_checkpointing(True)
+    if settings is not None:
+        add_lora(net, settings, "model.backbone.lora")
     return TimmBackbone(net, normalize)
