@@ -7,11 +7,12 @@ positions of each source's stream, where the draws of all sources add up to thei
 together and are shared by weight (``shares``); epoch ``e`` reads positions
 ``[e * draws, (e + 1) * draws)``, so a source continues where the last epoch stopped.
 
-When a pass ends inside an epoch, the next pass starts with the shards the epoch has not read
-yet (those of the pass read before the epoch began, shuffled, then the shard it began in) and
-only then the shards this epoch already read (shuffled). So within one epoch no sample of a
-source is drawn twice while one of its samples has not been drawn, and over ``k`` epochs a
-source has delivered ``k * draws`` samples, its whole set every ``size / draws`` epochs.
+When a pass ends inside an epoch that began inside a pass, the next pass starts with the shards
+the epoch has drawn least (those read before the epoch's starting point, shuffled, then the
+shard it began in) and only then the others (shuffled). So within one epoch no sample of a
+source is drawn twice while one of its samples has not been drawn (each is drawn
+``floor(draws / size)`` or ``ceil(draws / size)`` times), and over ``k`` epochs a source has
+delivered ``k * draws`` samples, its whole set every ``size / draws`` epochs.
 
 Each (rank, worker) slot reads a contiguous part of every source's positions (``slot_range``),
 the same split as a single source's, so together the slots read each position once.
@@ -99,15 +100,20 @@ class PassStream:
         return unread + began_in + read
 
     def _unread_first(self, number: int) -> tuple[list[int], list[int], list[int]] | None:
-        """Pass ``number``'s shards before / at / after the point where the epoch that reads its end began,
-        when that epoch began inside the pass and goes on into the next one (else None)."""
+        """Pass ``number``'s shards before / at / after the offset at which the epoch that reads its end began,
+        when that epoch goes on into the next pass and did not begin at a pass start (else None).
+
+        Passes read whole inside that epoch were ordered by this same split, so the shards before
+        the offset are always the ones the epoch has drawn once less than the others.
+        """
         if not self.draws:
             return None
         end = (number + 1) * self.size
         began = (end - 1) // self.draws * self.draws  # first position of the epoch holding the pass's last one
-        if began <= number * self.size or began + self.draws <= end:
+        offset = began % self.size
+        if offset == 0 or began + self.draws <= end:
             return None
-        offset, position = began - number * self.size, 0
+        position = 0
         before, at, after = [], [], []
         for shard in self.order(number):
             k = self.kept[shard]
