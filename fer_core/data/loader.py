@@ -275,6 +275,8 @@ class ShardStream(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        for stream in self.streams:  # work out the passes' shard orders once, before workers copy the stream
+            stream.order((epoch + 1) * stream.draws // max(stream.size, 1))
 
     # -- sizes ---------------------------------------------------------------
     def rank_count(self, rank: int) -> int:
