@@ -124,6 +124,9 @@ class PassStream:
 
 def interleave(parts: Sequence[tuple[Iterator, int]], rng: random.Random) -> Iterator:
     """All items of ``parts`` ((iterator, length) pairs) in a uniformly random interleaving."""
+    if len(parts) == 1:  # a single source: its own order
+        yield from parts[0][0]
+        return
     order = [i for i, (_, n) in enumerate(parts) for _ in range(n)]
     rng.shuffle(order)
     iterators = [iter(items) for items, _ in parts]
