@@ -87,7 +87,7 @@ def last_epoch(run_dir: Path) -> int | None:
 
 def record_failure(run_dir: str | Path, error: str) -> None:
     """Mark a run as crashed with its one-line error."""
-    from fer_core.runs import write_json  # here: runs imports torch; `fer compare` reads states without it
+    from fer_core.runs import write_json  # here: runs imports torch, and cli.py (`fer plugins`) imports this module
 
     write_json(Path(run_dir) / FAILURE_FILE, {"status": CRASHED, "error": error})
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_loader import CLASSES, deadline, keys_of, png, pixels  # noqa: E402
+from test_loader import CLASSES, deadline, keys_of, pixels, png  # noqa: E402
 
 from fer_core.data.mixture import PassStream, shares  # noqa: E402
 from fer_core.data.shards import SplitWriter, write_manifest  # noqa: E402
 from fer_core.data.sources import make_loader  # noqa: E402
+from fer_core.errors import DataError  # noqa: E402
 from fer_core.recipe import DEFAULTS  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
@@ -148,3 +149,12 @@ def test_pass_streams_repeat_nothing_before_everything(seed):
             assert {draws // size, -(-draws // size)} >= set(got.values())
         seen |= set(got)
         assert len(seen) == min(size, (epoch + 1) * draws)
+
+
+@pytest.mark.parametrize("weights, message", [((1, "a lot"), "data.sources\\[1\\].weight: expected a number"),
+                                              ((0, 0), "weights must be >= 0 with a positive sum"),
+                                              ((-1, 2), "data.sources\\[0\\].weight: expected a number >= 0")])
+def test_bad_weights_are_one_line_errors(mixture, weights, message):
+    root, _ = mixture
+    with pytest.raises(DataError, match=message):
+        make_loader(config(root, weights), "train", CLASSES, 16, train=True, seed=0, num_workers=0)

@@ -39,7 +39,6 @@ from webdataset.tariterators import tarfile_samples
 
 from fer_core.data.images import pil_pixels
 from fer_core.data.mixture import PassStream, interleave, shares, slot_range, stable_seed
-from fer_core.data.shards import read_manifest
 from fer_core.data.tarstream import tar_samples
 from fer_core.errors import DataError
 
