@@ -158,3 +158,14 @@ def test_bad_weights_are_one_line_errors(mixture, weights, message):
     root, _ = mixture
     with pytest.raises(DataError, match=message):
         make_loader(config(root, weights), "train", CLASSES, 16, train=True, seed=0, num_workers=0)
+
+
+def test_a_source_without_the_recipe_classes_is_a_one_line_error(tmp_path):
+    write_source(tmp_path / "a", "a", {"train": 8}, 4)
+    write_source(tmp_path / "c", "c", {"train": 8}, 4, labels=lambda i: 3)  # only sadness
+    data = {**config(tmp_path, (1, 1)), "sources": [{"root": str(tmp_path / "a")}, {"root": str(tmp_path / "c")}]}
+    with pytest.raises(DataError, match="c: split 'train' has no samples of the recipe's classes; remove it"):
+        make_loader(data, "train", CLASSES[:2], 4, train=True, seed=0, num_workers=0)
+    data["sources"][1]["weight"] = 0
+    loader = make_loader(data, "train", CLASSES[:2], 4, train=True, seed=0, num_workers=0)
+    assert sorted(keys_of(list(loader))) == ["atrain0000", "atrain0001", "atrain0004", "atrain0005"]

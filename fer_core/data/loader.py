@@ -267,6 +267,10 @@ class ShardStream(IterableDataset):
             _png_decoder()  # import it here, not again in every worker of every epoch
         if self.total == 0:
             raise DataError(f"{sources[0].root}: split '{sources[0].split}' has no samples of the recipe's classes")
+        empty = [s for s in sources if s.count == 0 and s.weight > 0]
+        if train and empty:
+            raise DataError(f"{empty[0].root}: split '{empty[0].split}' has no samples of the recipe's classes; "
+                            f"remove it from data.sources or give it weight 0")
         # training shares an epoch of ``total`` draws by weight; evaluation reads every source once
         self.draws = shares(self.total, [s.weight for s in sources]) if train else [s.count for s in sources]
         self.streams = [PassStream(s.shard_kept, n, seed=seed, name=str(s.root), shuffle=train)
