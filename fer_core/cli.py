@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -13,6 +15,7 @@ from rich.table import Table
 
 from fer_core import __version__
 from fer_core.errors import FerError
+from fer_core.run_status import FAILURE_FILE, record_failure, started_run
 
 console = Console()
 err_console = Console(stderr=True)
@@ -120,12 +123,30 @@ def run_command(recipe_path, overrides, resume, out, keep, nproc) -> None:
 
     if resume:
         task = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")["recipe"].get("task")
-        (run_pretrain if task == "pretrain" else run)(None, resume=resume)
+        with _failure_recorded(resume=resume):
+            (run_pretrain if task == "pretrain" else run)(None, resume=resume)
         return
     if not recipe_path:
         raise FerError("fer run needs a RECIPE file (or --resume RUN_DIR)")
     resolved = _load(recipe_path, overrides + ((f"train.keep={keep}",) if keep is not None else ()))
-    (run_pretrain if resolved["task"] == "pretrain" else run)(resolved, out=out)
+    with _failure_recorded(parent=Path(out or resolved["output"]["dir"]) / resolved["name"]):
+        (run_pretrain if resolved["task"] == "pretrain" else run)(resolved, out=out)
+
+
+@contextlib.contextmanager
+def _failure_recorded(resume: str | None = None, parent: Path | None = None):
+    """A run that stops on an error is marked crashed in its directory (`fer compare` shows it)."""
+    started = time.time()
+    if resume:
+        (Path(resume) / FAILURE_FILE).unlink(missing_ok=True)  # running again: no longer crashed
+    try:
+        yield
+    except Exception as exc:
+        run_dir = Path(resume) if resume else started_run(parent, started)
+        if run_dir is not None:
+            message = str(exc).splitlines()[0] if str(exc) else ""
+            record_failure(run_dir, message if isinstance(exc, FerError) else f"{type(exc).__name__}: {message}")
+        raise
 
 
 @main.command("eval")
@@ -188,11 +209,23 @@ def predict_command(run_or_checkpoint, images, top_k, batch_size, as_json) -> No
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--metric", default="accuracy", show_default=True,
               type=click.Choice(["accuracy", "f1_macro", "f1_weighted"]), help="Sort by this test metric.")
-def compare_command(runs, metric) -> None:
-    """Compare finished runs in one table, with the recipe keys that differ."""
-    from fer_core.compare import compare_table
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]),
+              help="Print (or write) Markdown, CSV or JSON instead of a table  [default: table, or --output's suffix].")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the comparison to this file.")
+def compare_command(runs, metric, fmt, output) -> None:
+    """Compare runs in one table, with their status and the recipe keys that differ."""
+    from fer_core.compare import compare_rows, compare_table, compare_text, output_format
 
-    console.print(compare_table(runs, metric))
+    fmt = output_format(fmt, output)
+    if fmt == "table":
+        console.print(compare_table(runs, metric))
+        return
+    text = compare_text(*compare_rows(runs, metric), fmt, metric)
+    if not output:
+        click.echo(text, nl=False)
+        return
+    Path(output).write_text(text)
+    console.print(f"wrote {output}", highlight=False)
 
 
 def _add_subcommands() -> None:

@@ -1,15 +1,37 @@
-"""`fer compare`: runs side by side, sorted by a metric, with their recipe differences."""
+"""`fer compare`: runs side by side, sorted by a metric, with their status and recipe differences.
+
+A run that did not finish (still running, killed, crashed, damaged) is listed with its status
+and how far it got instead of stopping the comparison. The rows can be printed as a table that
+fits the terminal or written as Markdown, CSV or JSON.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+from rich.text import Text
 
 from fer_core.errors import FerError
+from fer_core.run_status import FINISHED, run_state
+from fer_core.tables import Col, Fitted, fit
+
+METRICS = ("accuracy", "f1_macro", "f1_weighted")
+FORMATS = ("table", "md", "csv", "json")
+# (row key, rich column, Markdown/CSV title, format of a value) after the run, its directory and its status
+NUMBERS = (
+    ("accuracy", Col("accuracy"), "accuracy", "{:.4f}"),
+    ("f1_macro", Col("macro F1"), "macro F1", "{:.4f}"),
+    ("f1_weighted", Col("weighted F1"), "weighted F1", "{:.4f}"),
+    ("parameters", Col("params", drop=1), "parameters", "{:,}"),
+    ("trainable_parameters", Col("trainable", drop=2), "trainable", "{:,}"),
+    ("train_time_s", Col("train s", drop=3), "train s", "{:.0f}"),
+    ("inference_images_per_s", Col("img/s", drop=4), "img/s", "{:.0f}"),
+)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -23,36 +45,100 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_run(run_dir: str | Path) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise FerError(f"{run_dir}: no summary.json; is it a finished run directory of `fer run`?")
-    summary = json.loads(summary_path.read_text())
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) if (run_dir / "recipe.yaml").is_file() else {}
-    return {"dir": run_dir, "summary": summary, "recipe": flatten(recipe)}
-
-
 def differing_keys(recipes: Sequence[Mapping[str, Any]]) -> list[str]:
     keys = sorted(set().union(*recipes)) if recipes else []
     return [k for k in keys if k != "name" and len({json.dumps(r.get(k), sort_keys=True) for r in recipes}) > 1]
 
 
-def compare_table(run_dirs: Sequence[str | Path], metric: str = "accuracy"):
-    from rich.table import Table
+def compare_rows(run_dirs: Sequence[str | Path], metric: str = "accuracy") -> tuple[list[dict[str, Any]], list[str]]:
+    """One plain row per run (finished runs first, best ``metric`` first) and the recipe keys that differ."""
+    states = [run_state(d) for d in run_dirs]
+    recipes = [flatten(s.recipe) for s in states]
+    diffs = differing_keys([r for r, s in zip(recipes, states) if s.recipe])
+    rows = []
+    for state, recipe in zip(states, recipes):
+        summary = state.summary or {}
+        row: dict[str, Any] = {"run": summary.get("recipe") or state.recipe.get("name") or "-",
+                               "dir": str(state.dir), "status": state.status, "note": state.describe(),
+                               "epochs": summary.get("epochs", state.epoch), "error": state.error}
+        test = summary.get("test") if isinstance(summary.get("test"), dict) else {}
+        for key, *_ in NUMBERS:
+            value = test.get(key, summary.get(key))
+            row[key] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        row.update({key: recipe.get(key) for key in diffs})
+        rows.append(row)
 
-    runs = [load_run(d) for d in run_dirs]
-    runs.sort(key=lambda r: r["summary"]["test"].get(metric, float("-inf")), reverse=True)
-    diffs = differing_keys([r["recipe"] for r in runs])
-    table = Table(title=f"{len(runs)} runs sorted by test {metric}")
-    for column in ("run", "accuracy", "f1_macro", "f1_weighted", "params (trainable)", "train s", "img/s"):
-        table.add_column(column, justify="left" if column == "run" else "right")
-    for key in diffs:
-        table.add_column(key)
-    for r in runs:
-        s = r["summary"]
-        table.add_row(
-            f"{s['recipe']}\n{r['dir']}", *(f"{s['test'][m]:.4f}" for m in ("accuracy", "f1_macro", "f1_weighted")),
-            f"{s['parameters']:,} ({s['trainable_parameters']:,})", f"{s['train_time_s']:.0f}",
-            f"{s['inference_images_per_s']:.0f}", *(str(r["recipe"].get(k, "-")) for k in diffs))
-    return table
+    def order(row: dict[str, Any]) -> tuple:
+        score = row.get(metric)
+        return (row["status"] != FINISHED, score is None, -(score or 0.0))
+
+    rows.sort(key=order)  # stable: unfinished runs keep the order they were given in
+    return rows, diffs
+
+
+def compare_table(run_dirs: Sequence[str | Path], metric: str = "accuracy"):
+    """A rich renderable that fits the console it is printed on."""
+    rows, diffs = compare_rows(run_dirs, metric)
+    return Fitted(lambda width: [rich_table(rows, diffs, metric, width)])
+
+
+def rich_table(rows: list[dict[str, Any]], diffs: list[str], metric: str, width: int):
+    columns = [Col("run", "left", wrap=True), Col("status", "left", wrap=True), *(col for _, col, _, _ in NUMBERS)]
+    if diffs:
+        columns.append(Col("recipe differences", "left", wrap=True))
+    cells = []
+    for row in rows:
+        line = [f"{row['run']}\n{row['dir']}",
+                Text(row["note"], style="green" if row["status"] == FINISHED else "red"),
+                *(_number(row[key], pattern) for key, _, _, pattern in NUMBERS)]
+        if diffs:
+            line.append("\n".join(f"{key}={_value(row[key])}" for key in diffs))
+        cells.append(line)
+    return fit(columns, cells, width, title=f"{len(rows)} runs sorted by test {metric}",
+               caption="fer compare --format md|csv|json writes every column")
+
+
+def compare_text(rows: list[dict[str, Any]], diffs: list[str], fmt: str, metric: str = "accuracy") -> str:
+    """The comparison as Markdown, CSV or JSON text."""
+    if fmt == "json":
+        return json.dumps({"metric": metric, "differing_keys": diffs, "runs": rows}, indent=2) + "\n"
+    titles = ["run", "dir", "status", *(title for _, _, title, _ in NUMBERS), *diffs]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(titles)
+        for row in rows:
+            writer.writerow([row["run"], row["dir"], row["note"], *(row[key] for key, *_ in NUMBERS),
+                             *(_value(row[key]) for key in diffs)])
+        return buffer.getvalue()
+    if fmt == "md":
+        lines = ["| " + " | ".join(titles) + " |",
+                 "|" + "|".join(["---"] * 3 + ["---:"] * len(NUMBERS) + ["---"] * len(diffs)) + "|"]
+        for row in rows:
+            cells = [row["run"], row["dir"], row["note"], *(_number(row[key], pattern) for key, _, _, pattern in NUMBERS),
+                     *(_value(row[key]) for key in diffs)]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        return "\n".join(lines) + "\n"
+    raise FerError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def output_format(fmt: str | None, output: str | None) -> str:
+    """The format asked for, else the one ``output``'s suffix names, else a table."""
+    if fmt:
+        if fmt == "table" and output:
+            raise FerError("--output needs --format md, csv or json (a table is for the terminal)")
+        return fmt
+    if not output:
+        return "table"
+    suffix = Path(output).suffix.lstrip(".").lower()
+    if suffix in ("md", "csv", "json"):
+        return suffix
+    raise FerError(f"cannot tell the format of {output} from its suffix; add --format md, csv or json")
+
+
+def _number(value: Any, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _value(value: Any) -> str:
+    return "-" if value is None else value if isinstance(value, str) else json.dumps(value)

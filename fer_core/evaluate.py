@@ -133,19 +133,29 @@ def plot_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -
 
 
 def report_table(report: Mapping[str, Any]):
-    """A rich table of per-class scores and the confusion matrix."""
-    from rich.table import Table
+    """Per-class scores and the confusion matrix, as rich tables that fit the console they are printed on.
+
+    The confusion matrix is headed by class names when they fit, else by class numbers (the
+    rows then say which number is which class).
+    """
+    from fer_core.tables import Col, Fitted, fit, required
 
     classes, per = report["classes"], report["per_class"]
-    table = Table(title=f"{report['recipe']} — {report['split']}: accuracy {report['accuracy']:.4f}, "
-                        f"macro F1 {report['f1_macro']:.4f}, weighted F1 {report['f1_weighted']:.4f}")
-    table.add_column("true \\ pred")
-    for name in classes:
-        table.add_column(name[:5], justify="right")
-    for column in ("prec", "rec", "F1", "n"):
-        table.add_column(column, justify="right")
-    for i, name in enumerate(classes):
-        row = [str(v) for v in report["confusion"][i]]
-        table.add_row(name, *row, f"{per['precision'][i]:.2f}", f"{per['recall'][i]:.2f}",
-                      f"{per['f1'][i]:.2f}", str(per["support"][i]))
-    return table
+
+    def build(width: int) -> list:
+        title = (f"{report['recipe']} — {report['split']}: accuracy {report['accuracy']:.4f}, "
+                 f"macro F1 {report['f1_macro']:.4f}, weighted F1 {report['f1_weighted']:.4f}")
+        scores = fit([Col("class", "left", wrap=True), Col("precision"), Col("recall"), Col("F1"), Col("support")],
+                     [[name, f"{per['precision'][i]:.3f}", f"{per['recall'][i]:.3f}", f"{per['f1'][i]:.3f}",
+                       str(per["support"][i])] for i, name in enumerate(classes)], width, title=title)
+        counts = [[str(v) for v in row] for row in report["confusion"]]
+        columns = [Col("true \\ pred", "left", wrap=True), *(Col(name) for name in classes)]
+        rows = [[name, *row] for name, row in zip(classes, counts)]
+        caption = "rows: true class, columns: predicted class"
+        if required(columns, rows) > width:
+            columns = [Col("true \\ pred", "left", wrap=True), *(Col(str(i)) for i in range(len(classes)))]
+            rows = [[f"{i} {name}", *row] for i, (name, row) in enumerate(zip(classes, counts))]
+            caption += " (by number)"
+        return [scores, fit(columns, rows, width, caption=caption)]
+
+    return Fitted(build)

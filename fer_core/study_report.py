@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fer_core.run_status import run_state, status_text, study_status
 from fer_core.study import FRACTION_KEY, Study
 
 # (row key, column title, format) in table order, after the approach and the grid values
@@ -29,9 +30,13 @@ def result_row(study: Study, run, record: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"id": run.id, "label": run.label, **{k: v for k, v in run.settings.items()},
                            "recipe": run.recipe["name"], "status": record.get("status", "pending"),
                            "error": record.get("error"), "run_dir": record.get("run_dir")}
-    summary_path = Path(record["run_dir"]) / "summary.json" if record.get("run_dir") else None
-    if row["status"] == "finished" and summary_path and summary_path.is_file():
-        s = json.loads(summary_path.read_text())
+    state = run_state(record["run_dir"]) if record.get("run_dir") else None
+    if state is not None and row["status"] == "finished" != state.status:  # its files were damaged since
+        row.update(status=state.status, error=state.error)
+    if state is not None and row["status"] != "finished":
+        row.update(epochs=state.epoch, planned_epochs=state.epochs)  # how far it got
+    if row["status"] == "finished" and state is not None:
+        s = state.summary
         row.update(s["test"])
         row.update({k: s[k] for k in ("epochs", "train_time_s", "inference_images_per_s", "inference_input",
                                       "peak_memory_mb", "parameters", "trainable_parameters")})
@@ -58,9 +63,9 @@ def write_results(study: Study, records: dict[str, dict], console=None) -> list[
 def _cells(study: Study, row: dict[str, Any]) -> list[str]:
     cells = [row["label"], *(_value(row.get(key)) for key in study.grid)]
     if row["status"] != "finished" or "accuracy" not in row:
-        note = row["status"] + (f": {row['error']}" if row.get("error") else "")
-        return cells + [note] + [""] * (len(COLUMNS) - 1)
-    return cells + [fmt.format(row[key]) for key, _, fmt in COLUMNS]
+        note = status_text(study_status(row), row.get("epochs"), row.get("planned_epochs"), row.get("error"))
+        return cells + [note] + [""] * len(COLUMNS)
+    return cells + [row["status"]] + [fmt.format(row[key]) for key, _, fmt in COLUMNS]
 
 
 def _value(value: Any) -> str:
@@ -68,7 +73,7 @@ def _value(value: Any) -> str:
 
 
 def _titles(study: Study) -> list[str]:
-    return ["approach", *(key.split(".")[-1] for key in study.grid), *(title for _, title, _ in COLUMNS)]
+    return ["approach", *(key.split(".")[-1] for key in study.grid), "status", *(title for _, title, _ in COLUMNS)]
 
 
 def markdown_table(study: Study, rows: list[dict[str, Any]], plot: Path | None) -> str:
@@ -76,7 +81,7 @@ def markdown_table(study: Study, rows: list[dict[str, Any]], plot: Path | None) 
     lines = [f"# Study {study.name}", ""]
     if study.description:
         lines += [study.description.strip(), ""]
-    aligns = ["---"] * (1 + len(study.grid)) + ["---:"] * len(COLUMNS)
+    aligns = ["---"] * (2 + len(study.grid)) + ["---:"] * len(COLUMNS)
     lines += ["| " + " | ".join(titles) + " |", "|" + "|".join(aligns) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(study, row)) + " |" for row in rows]
     lines += ["", "Test metrics on each run's test split; training time in seconds; inference throughput of a "
@@ -105,7 +110,7 @@ def rich_table(study: Study, rows: list[dict[str, Any]]):
 
     table = Table(title=f"study {study.name}: {len(rows)} runs")
     for i, title in enumerate(_titles(study)):
-        table.add_column(title, justify="left" if i <= len(study.grid) else "right")
+        table.add_column(title, justify="left" if i <= len(study.grid) + 1 else "right")
     for row in rows:
         cells = [escape(c) for c in _cells(study, row)]
         if row["status"] != "finished":

@@ -1,26 +1,32 @@
 """The training and evaluation loader: WebDataset shards -> exact batches.
 
-Each epoch, the shards of a split are shuffled (seeded by seed and epoch) and
-their kept samples form one virtual sequence whose length is known from the
-manifest. Every (rank, worker) slot reads its own contiguous range of that
-sequence (a shard straddling two ranges is read by both, each keeping its part,
-so there may be fewer shards than slots), shuffles it through a buffer, decodes,
-augments and batches it. A rank therefore delivers every one of its samples
-exactly once and a known number of batches, so DDP ranks never hang and no
-epoch is silently short.
+Training: each source of ``data.sources`` (or the one ``data.root``) is its own stream of
+shuffled passes (``fer_core.data.mixture``). An epoch has as many draws as the sources have
+samples together, shared by weight; a source with a small share continues in the next epoch
+where this one stopped (over k epochs it delivers k times its share, every sample once before
+any repeats), one with a large share starts its next reshuffled pass when it runs out, never
+repeating a sample within an epoch before all of it was drawn. A single source is therefore
+read exactly once per epoch. Every (rank, worker) slot reads its contiguous part of each
+source's draws (a shard straddling two parts is read by both, each keeping its part, so there
+may be fewer shards than slots), interleaves its sources at random, shuffles the result
+through a buffer, decodes, augments and batches it. A rank therefore delivers a known number
+of batches (short ranks are padded with repeats), so DDP ranks never hang and no epoch is
+silently short. With ``data.balance`` each slot draws its share by class-balanced rejection
+sampling from its sources' streams instead (rare classes repeat by design).
 
-Class-balanced sampling and weighted sources draw a fixed number of samples
-per slot from cycling streams instead.
+Evaluation (``train=False``) never samples: whatever the weights and ``balance``, every sample
+of every source is delivered exactly once, source after source in stored order, split into
+contiguous parts by rank and worker; ranks are not padded (their batch counts may differ by one).
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 import math
 import random
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,19 +34,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.filters import shuffle as wds_shuffle
 from webdataset.tariterators import tarfile_samples
 
 from fer_core.data.images import pil_pixels
-from fer_core.data.shards import read_manifest
+from fer_core.data.mixture import PassStream, interleave, shares, slot_range, stable_seed
 from fer_core.data.tarstream import tar_samples
 from fer_core.errors import DataError
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp")
-
-
-def stable_seed(*parts) -> int:
-    """A seed from parts, identical in every process (unlike ``hash`` of strings)."""
-    return zlib.crc32(repr(parts).encode())
 
 
 @dataclass
@@ -260,24 +262,35 @@ class ShardStream(IterableDataset):
         self.balance, self.shuffle_buffer = balance and train, shuffle_buffer if train else 0
         self.rank, self.world = rank, world
         self.epoch = 0
-        self.sampled = self.balance or len(sources) > 1
         self.total = sum(s.count for s in sources)
         if not decoder.latent:
             _png_decoder()  # import it here, not again in every worker of every epoch
         if self.total == 0:
             raise DataError(f"{sources[0].root}: split '{sources[0].split}' has no samples of the recipe's classes")
+        empty = [s for s in sources if s.count == 0 and s.weight > 0]
+        if train and empty:
+            raise DataError(f"{empty[0].root}: split '{empty[0].split}' has no samples of the recipe's classes; "
+                            f"remove it from data.sources or give it weight 0")
+        # training shares an epoch of ``total`` draws by weight; evaluation reads every source once
+        self.draws = shares(self.total, [s.weight for s in sources]) if train else [s.count for s in sources]
+        self.streams = [PassStream(s.shard_kept, n, seed=seed, name=str(s.root), shuffle=train)
+                        for s, n in zip(sources, self.draws)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        for stream in self.streams:  # work out the passes' shard orders once, before workers copy the stream
+            stream.order((epoch + 1) * stream.draws // max(stream.size, 1))
 
     # -- sizes ---------------------------------------------------------------
-    def rank_range(self, rank: int) -> tuple[int, int]:
-        return self.total * rank // self.world, self.total * (rank + 1) // self.world
+    def rank_count(self, rank: int) -> int:
+        """Samples ``rank`` delivers in an epoch (before padding)."""
+        return sum(b - a for a, b in (slot_range(n, rank, self.world) for n in self.draws))
 
     def num_batches(self) -> int:
-        """Batches every rank delivers this epoch (the largest rank's count)."""
-        longest = max(b - a for a, b in (self.rank_range(r) for r in range(self.world)))
-        return math.ceil(longest / self.batch_size)
+        """Batches this rank delivers: in training every rank's count (the largest rank's), in evaluation its own."""
+        if not self.train:
+            return math.ceil(self.rank_count(self.rank) / self.batch_size)
+        return math.ceil(max(self.rank_count(r) for r in range(self.world)) / self.batch_size)
 
     def __len__(self) -> int:
         return self.num_batches()
@@ -286,73 +299,54 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        start, stop = self.rank_range(self.rank)
-        a = start + (stop - start) * worker // workers
-        b = start + (stop - start) * (worker + 1) // workers
         slot_seed = stable_seed(self.seed, self.epoch, self.rank, worker)
         rng = random.Random(slot_seed)
         if info is not None:
             torch.manual_seed(slot_seed)
-        samples = self._sampled(rng, b - a) if self.sampled else self._ordered(a, b)
+        parts = []
+        for source, stream, draws in zip(self.sources, self.streams, self.draws):
+            a, b = slot_range(draws, self.rank, self.world, worker, workers)
+            start = self.epoch * draws if self.train else 0
+            items = (self._balanced(source, stream, start + a, b - a, rng) if self.balance
+                     else self._read(source, stream.segments(start + a, start + b)))
+            parts.append((items, b - a))
+        if not self.train:  # one exact pass, source after source, in stored order
+            yield from self._batches(itertools.chain.from_iterable(items for items, _ in parts))
+            return
+        samples = interleave(parts, rng)
         if self.shuffle_buffer > 1:
-            samples = _shuffled(samples, self.shuffle_buffer, rng)
+            samples = wds_shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples)
         yield from self._batches(samples)
 
-    def _epoch_shards(self, source: SourceSplit, epoch: int) -> list[int]:
-        order = list(range(len(source.shards)))
-        if self.train:
-            random.Random(stable_seed(self.seed, epoch, str(source.root))).shuffle(order)
-        return order
+    def _read(self, source: SourceSplit, segments: Iterator[tuple[int, int, int]]) -> Iterator[tuple]:
+        """The kept samples of ``segments`` ((shard, first, end) ranges of kept samples)."""
+        for shard, first, end in segments:
+            yield from itertools.islice(self._kept(source, shard), first, end)
 
-    def _ordered(self, a: int, b: int) -> Iterator[tuple]:
-        """Samples [a, b) of this epoch's virtual sequence (single source)."""
-        source = self.sources[0]
-        position = 0
-        for s in self._epoch_shards(source, self.epoch):
-            n = source.shard_kept[s]
-            if position + n <= a:
-                position += n
-                continue
-            if position >= b:
-                return
-            for index, item in enumerate(self._kept(source, s)):
-                if a <= position + index < b:
-                    yield item
-                elif position + index >= b:
-                    break
-            position += n
+    def _balanced(self, source: SourceSplit, stream: PassStream, position: int, quota: int,
+                  rng: random.Random) -> Iterator[tuple]:
+        """``quota`` class-balanced draws: rejection sampling from the source's stream.
 
-    def _sampled(self, rng: random.Random, quota: int) -> Iterator[tuple]:
-        """``quota`` samples drawn from cycling sources, class-balanced when asked."""
-        streams = [self._cycle(s, rng) for s in self.sources]
-        weights = [s.weight for s in self.sources]
-        accept = []
-        for source in self.sources:
-            # classes without samples must not set the rate: min(counts) = 0 would accept ~nothing
-            counts = source.class_counts()
-            rarest = min((c for c in counts if c > 0), default=1)
-            accept.append([rarest / c if self.balance and c else 1.0 for c in counts])
+        A class is accepted with probability (rarest class count / its count). The slot starts
+        reading where its share of the epoch's positions begins, scaled by the reads one
+        accepted draw takes on average, so slots and epochs read mostly different samples.
+        """
+        if not quota:
+            return
+        counts = source.class_counts()
+        # classes without samples must not set the rate: min(counts) = 0 would accept ~nothing
+        rarest = min((c for c in counts if c > 0), default=1)
+        accept = [rarest / c if c else 1.0 for c in counts]
+        reads_per_draw = sum(counts) / max(sum(c * p for c, p in zip(counts, accept)), 1e-9)
         produced = 0
-        while produced < quota:
-            i = rng.choices(range(len(streams)), weights)[0] if len(streams) > 1 else 0
-            while True:
-                item = next(streams[i])
-                if item[0] == "corrupt" or rng.random() < accept[i][item[1]]:
-                    break
-            yield item
-            produced += 1
-
-    def _cycle(self, source: SourceSplit, rng: random.Random) -> Iterator[tuple]:
-        while True:
-            order = list(range(len(source.shards)))
-            rng.shuffle(order)
-            delivered = False
-            for s in order:
-                for item in self._kept(source, s):
-                    delivered = True
-                    yield item
-            if not delivered:
-                raise DataError(f"{source.root}: no readable samples in split '{source.split}'")
+        items = self._read(source, stream.segments(int(position * reads_per_draw)))
+        for item in items:
+            if item[0] == "corrupt" or rng.random() < accept[item[1]]:
+                yield item
+                produced += 1
+                if produced == quota:
+                    return
+        raise DataError(f"{source.root}: no readable samples in split '{source.split}'")
 
     def _kept(self, source: SourceSplit, s: int) -> Iterator[tuple]:
         """(raw sample, recipe label, shard name) of the kept samples of shard ``s``."""
@@ -426,22 +420,13 @@ def _collate(inputs, targets, keys, corrupt) -> dict:
     }
 
 
-def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
-    buffer = []
-    for item in items:
-        buffer.append(item)
-        if len(buffer) >= size:
-            yield buffer.pop(rng.randrange(len(buffer)))
-    rng.shuffle(buffer)
-    yield from buffer
-
-
 class EpochLoader:
     """Iterates a ShardStream through a DataLoader and yields exactly ``len(self)`` full batches.
 
     Workers end with partial batches; they are merged here. Corrupt samples are
-    listed in ``self.corrupt`` (one name each, shard first); a rank whose
-    stream fell short repeats samples so all ranks take the same number of steps.
+    listed in ``self.corrupt`` (one name each, shard first). In training, a rank whose
+    stream fell short repeats samples so all ranks take the same number of steps; in
+    evaluation every sample comes once (``len`` is this rank's own batch count).
     """
 
     def __init__(self, stream: ShardStream, num_workers: int = 0):
@@ -485,7 +470,7 @@ class EpochLoader:
             last = pending[0]
             delivered += 1
             yield _delivered(last)
-        while delivered < expected and last is not None:  # short rank: resample to keep ranks in step
+        while self.stream.train and delivered < expected and last is not None:  # short rank: keep ranks in step
             delivered += 1
             yield _delivered(last)
 

@@ -45,9 +45,16 @@ def check_synth_settings(root: str | Path, synth: Mapping[str, Any]) -> None:
 
 
 def source_roots(data: Mapping[str, Any]) -> list[tuple[Path, float]]:
-    if data.get("sources"):
-        return [(Path(s["root"]), float(s.get("weight", 1.0))) for s in data["sources"]]
-    return [(Path(data["root"]), 1.0)]
+    """(root, weight) of each source: ``data.sources``, else ``data.root`` with weight 1."""
+    if not data.get("sources"):
+        return [(Path(data["root"]), 1.0)]
+    roots = []
+    for i, source in enumerate(data["sources"]):
+        weight = source.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise DataError(f"data.sources[{i}].weight: expected a number >= 0, got {weight!r}")
+        roots.append((Path(source["root"]), float(weight)))
+    return roots
 
 
 def resolve_classes(data: Mapping[str, Any]) -> list[str]:
