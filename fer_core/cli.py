@@ -49,23 +49,30 @@ def main(ctx: click.Context, debug: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
-    """List plugins, their status and the components they provide."""
-    from fer_core.plugins import get_host
+    """List plugins, their status, import cost and the components they provide."""
+    from fer_core.plugins import get_host  # torch-free: `fer plugins` must stay instant
 
     host = get_host()
     if as_json:
         click.echo(json.dumps([p.as_dict() for p in host.plugins], indent=2))
-        return
-    table = Table(title="fer plugins", show_lines=False)
-    for column in ("plugin", "distribution", "version", "status", "components"):
-        table.add_column(column)
-    for p in host.plugins:
-        status = "[green]loaded[/]" if p.status == "loaded" else f"[red]{p.status}[/]"
-        if p.error:
-            status += f"\n[red]{escape(p.error)}[/]"
-        comps = "\n".join(f"{c.kind} [bold]{escape(c.name)}[/]: {escape(c.summary)}" for c in p.components)
-        table.add_row(escape(p.name), escape(p.dist), escape(p.version), status, comps)
-    console.print(table)
+    else:
+        table = Table(title="fer plugins", show_lines=False)
+        for column in ("plugin", "distribution", "version", "status", "import", "components"):
+            table.add_column(column)
+        for p in host.plugins:
+            status = "[green]loaded[/]" if p.status == "loaded" else f"[red]{p.status}[/]"
+            if p.error:
+                status += f"\n[red]{escape(p.error)}[/]"
+            comps = "\n".join(f"{c.kind} [bold]{escape(c.name)}[/]: {escape(c.summary)}" for c in p.components)
+            summary = f"\n[dim]{escape(p.summary)}[/]" if p.summary else ""
+            took = "" if p.import_s is None else f"{p.import_s * 1000:.0f} ms"
+            table.add_row(escape(p.name), escape(p.dist) + summary, escape(p.version), status, took, comps)
+        console.print(table)
+    warnings = [w for p in host.plugins for w in p.warnings]
+    for warning in warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if warnings and host.strict:
+        raise FerError(f"{warnings[0]} (FER_STRICT_PLUGINS=1 makes this an error)")
 
 
 @main.group()
@@ -83,12 +90,30 @@ def _load(path: str, overrides: tuple[str, ...]) -> dict:
 @recipe.command("check")
 @click.argument("path", type=click.Path())
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
-def recipe_check(path: str, overrides: tuple[str, ...]) -> None:
-    """Validate RECIPE (exit 0 when valid, 2 with a one-line error otherwise)."""
+@click.option("--no-build", is_flag=True, help="Check keys, values and components only: no data, no dry build.")
+def recipe_check(path: str, overrides: tuple[str, ...], no_build: bool) -> None:
+    """Validate RECIPE: values, components, data and a dry build (exit 0, or 2 with a one-line error)."""
     resolved = _load(path, overrides)
     model = resolved["model"]
     parts = " -> ".join(model[k]["name"] for k in ("encoder", "backbone", "head") if k in model)
-    console.print(f"[green]ok[/] {escape(resolved['name'])}: {escape(parts)}", highlight=False)
+    checked = "" if no_build else f" ({_preflight(resolved)})"
+    console.print(f"[green]ok[/] {escape(resolved['name'])}: {escape(parts)}{escape(checked)}", highlight=False)
+
+
+def _preflight(resolved: dict) -> str:
+    """Data and dry build, before any run directory exists (see fer_core.preflight)."""
+    from fer_core.plugins import get_registry
+    from fer_core.preflight import check_recipe
+
+    return check_recipe(resolved, get_registry())
+
+
+@recipe.command("docs")
+def recipe_docs() -> None:
+    """Print the recipe reference (docs/recipes.md), generated from the schema."""
+    from fer_core.recipe_docs import render
+
+    click.echo(render(), nl=False)
 
 
 @recipe.command("show")
@@ -115,17 +140,38 @@ def run_command(recipe_path, overrides, resume, out, keep, nproc) -> None:
 
         sys.exit(launch(nproc, sys.argv[1:]))
     from fer_core.pretrain import run_pretrain
-    from fer_core.runs import load_checkpoint
     from fer_core.train import run
 
     if resume:
-        task = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")["recipe"].get("task")
-        (run_pretrain if task == "pretrain" else run)(None, resume=resume)
+        resume_or_restart(resume, run, run_pretrain)
         return
     if not recipe_path:
         raise FerError("fer run needs a RECIPE file (or --resume RUN_DIR)")
     resolved = _load(recipe_path, overrides + ((f"train.keep={keep}",) if keep is not None else ()))
+    _preflight(resolved)
     (run_pretrain if resolved["task"] == "pretrain" else run)(resolved, out=out)
+
+
+def resume_or_restart(resume: str, run, run_pretrain) -> None:
+    """Continue RUN_DIR; a run killed before its first checkpoint is removed and started over."""
+    from fer_core import preflight, providers
+    from fer_core.plugins import get_registry
+    from fer_core.recipe import validate_components
+    from fer_core.runs import load_checkpoint
+
+    recipe_file = preflight.unstarted_run(resume)
+    if recipe_file is not None:
+        resolved = _load(str(recipe_file), ())
+        _preflight(resolved)
+        preflight.remove_unstarted_run(resume)
+        err_console.print(f"[yellow]{escape(resume)} stopped before its first checkpoint: removed it and "
+                          f"starting the run over from its recipe[/]", highlight=False, soft_wrap=True)
+        (run_pretrain if resolved["task"] == "pretrain" else run)(resolved, out=str(Path(resume).parent.parent))
+        return
+    state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
+    with providers.recorded(state.get("versions")):  # a missing plugin is named with its version
+        validate_components(state["recipe"], get_registry())
+    (run_pretrain if state["recipe"].get("task") == "pretrain" else run)(None, resume=resume)
 
 
 @main.command("eval")

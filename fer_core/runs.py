@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import tempfile
 import time
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -80,10 +78,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable fer checkpoint ({first[:160]}); "
-                              f"it may be truncated or from another program") from None
+    except Exception as exc:  # never echo torch's advice: it suggests the unsafe loader
+        if "weights only load failed" in str(exc).lower():
+            raise CheckpointError(f"{path}: refused by safe loading: it holds Python objects that a fer "
+                                  f"checkpoint never contains, so it was not loaded; use a checkpoint written "
+                                  f"by `fer run`") from None
+        raise CheckpointError(f"{path}: not a fer checkpoint: it cannot be read ({type(exc).__name__}); it may "
+                              f"be truncated or from another program") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a fer checkpoint (no '{CHECKPOINT_FORMAT}' marker); "
                               f"pass a run directory or a checkpoints/*.pt file written by `fer run`")
