@@ -69,7 +69,7 @@ class Component:
             factory = getattr(module, attr) if attr else module
         except Exception as exc:  # report which plugin broke, not a traceback
             raise PluginError(f"{self.blame(path)}: target {self.target} cannot be loaded: "
-                              f"{type(exc).__name__}: {short(str(exc), 120)}") from exc
+                              f"{type(exc).__name__}: {clip(str(exc), 120)}") from exc
         if not callable(factory):
             raise PluginError(f"{self.blame(path)}: target {self.target} is not callable "
                               f"(it is {short(factory, 40)}); the plugin must name a factory function or class")
@@ -117,7 +117,7 @@ class Registry:
             other = table.get(name)
             if other is not None:
                 raise PluginError(
-                    f"{component.kind} '{name}' is already registered by {other.plugin}; "
+                    f"{component.kind} '{name}' is registered by both {other.plugin} and {component.plugin}; "
                     f"uninstall one or skip it with FER_DISABLE_PLUGINS"
                 )
         for name in names:
@@ -195,7 +195,7 @@ class Registry:
             raise
         except Exception as exc:
             raise PluginError(f"{component.blame(path)} failed to build: {type(exc).__name__}: "
-                              f"{short(str(exc), 160)}") from exc
+                              f"{clip(str(exc), 160)}") from exc
 
 
 def _check_type(component: Component, key: str, value: Any, path: str) -> None:
