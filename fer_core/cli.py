@@ -97,7 +97,8 @@ def recipe_check(path: str, overrides: tuple[str, ...], no_build: bool) -> None:
     model = resolved["model"]
     parts = " -> ".join(model[k]["name"] for k in ("encoder", "backbone", "head") if k in model)
     checked = "" if no_build else f" ({_preflight(resolved)})"
-    console.print(f"[green]ok[/] {escape(resolved['name'])}: {escape(parts)}{escape(checked)}", highlight=False)
+    console.print(f"[green]ok[/] {escape(resolved['name'])}: {escape(parts)}{escape(checked)}", highlight=False,
+                  soft_wrap=True)
 
 
 def _preflight(resolved: dict) -> str:

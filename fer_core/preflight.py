@@ -56,8 +56,24 @@ def check_data(data: Mapping[str, Any], splits: tuple[str, ...] = ("train",)) ->
     return classes
 
 
+FILE_PARAMS = ("checkpoint", "pretrained_file")  # component parameters that name a local file
+
+
+def check_files(recipe: Mapping[str, Any]) -> None:
+    """Every weights file a component names exists (``checkpoint``, ``pretrained_file``, ``*_file``)."""
+    model = recipe["model"]
+    specs = [(f"model.{part}", model[part]) for part in ("encoder", "backbone", "head") if part in model]
+    for path, spec in specs:
+        for key, value in spec.items():
+            if (key in FILE_PARAMS or key.endswith("_file")) and isinstance(value, str) and value:
+                if not Path(value).is_file():
+                    raise FerError(f"{path}.{key}: {value} not found (relative paths start at {Path.cwd()}); "
+                                   f"fix the path or copy the file there")
+
+
 def check_recipe(recipe: Mapping[str, Any], registry: Registry) -> str:
     """The data, then a dry build of every component; a one-line summary of what was checked."""
+    check_files(recipe)
     classes = check_data(recipe["data"])
     drawn = classes is None
     classes = classes or list(recipe["data"].get("classes") or EXPRESSIONS)

@@ -194,8 +194,8 @@ class Registry:
         except FerError:
             raise
         except Exception as exc:
-            raise PluginError(f"{component.blame(path)} failed to build: {type(exc).__name__}: "
-                              f"{clip(str(exc), 160)}") from exc
+            detail = clip(str(exc).strip(), 160) or "(no message)"
+            raise PluginError(f"{component.blame(path)} failed to build: {type(exc).__name__}: {detail}") from exc
 
 
 def _check_type(component: Component, key: str, value: Any, path: str) -> None:
