@@ -79,14 +79,20 @@ def dry_build(recipe: Mapping[str, Any], registry: Registry, classes: list[str])
         _check_encoder(_Part(registry, "encoder", spec["encoder"], "model.encoder"), encoder, images, what)
         return f"encoder {_shape(images)} checked"
     parts = {k: _Part(registry, k, spec[k], f"model.{k}") for k in ("encoder", "backbone", "head")}
-    model = build_model(recipe, registry, classes)
+    encoder = registry.build("encoder", spec["encoder"], "model.encoder", {"image_size": size, "in_chans": channels})
+    with torch.no_grad():
+        latents = _check_encoder(parts["encoder"], encoder, images, what)
+    latent_shape = getattr(encoder, "latent_shape", None)
+    backbone = registry.build("backbone", spec["backbone"], "model.backbone", {
+        "latent_shape": tuple(latent_shape) if latent_shape else None,
+        "image_size": getattr(encoder, "input_size", size), "in_chans": channels})
+    features_n = getattr(backbone, "num_features", None)
+    if not _positive_int(features_n):
+        raise parts["backbone"].fail(f"declares num_features {features_n!r}; it must be a positive int")
+    model = build_model(recipe, registry, classes)  # the head, batch augments and the model's own rules
     model.eval()
     with torch.no_grad():
-        latents = _check_encoder(parts["encoder"], model.encoder, images, what)
-        features_n = getattr(model.backbone, "num_features", None)
-        if not _positive_int(features_n):
-            raise parts["backbone"].fail(f"declares num_features {features_n!r}; it must be a positive int")
-        features = parts["backbone"].call(model.backbone, latents, what=f"inputs {_shape(latents)}")
+        features = parts["backbone"].call(backbone.eval(), latents, what=f"inputs {_shape(latents)}")
         parts["backbone"].tensor(features, (BATCH, features_n), f"declares num_features {features_n}: expected")
         logits = parts["head"].call(model.head, features, what=f"features {_shape(features)}")
         parts["head"].tensor(logits, (BATCH, n), f"the head of {n} classes must return")
