@@ -53,6 +53,9 @@ def plugins(as_json: bool) -> None:
     from fer_core.plugins import get_host  # torch-free: `fer plugins` must stay instant
 
     host = get_host()
+    warnings = [w for p in host.plugins for w in p.warnings]
+    if warnings and host.strict:
+        raise FerError(f"{warnings[0]} (FER_STRICT_PLUGINS=1 makes this an error)")
     if as_json:
         click.echo(json.dumps([p.as_dict() for p in host.plugins], indent=2))
     else:
@@ -68,11 +71,8 @@ def plugins(as_json: bool) -> None:
             took = "" if p.import_s is None else f"{p.import_s * 1000:.0f} ms"
             table.add_row(escape(p.name), escape(p.dist) + summary, escape(p.version), status, took, comps)
         console.print(table)
-    warnings = [w for p in host.plugins for w in p.warnings]
     for warning in warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-    if warnings and host.strict:
-        raise FerError(f"{warnings[0]} (FER_STRICT_PLUGINS=1 makes this an error)")
 
 
 @main.group()

@@ -98,24 +98,24 @@ RUN_LEFTOVERS = {"recipe.yaml", "metrics.jsonl", "checkpoints", "tensorboard"}
 
 
 def unstarted_run(run_dir: str | Path) -> Path | None:
-    """``run_dir/recipe.yaml`` when the run has no checkpoint yet (killed before its first epoch ended)."""
+    """``run_dir/recipe.yaml`` when the run has no checkpoint yet (killed before its first epoch ended)
+    and holds nothing but what `fer run` writes before then; None when there is a checkpoint to resume."""
     run_dir = Path(run_dir)
     if (run_dir / "checkpoints" / "last.pt").is_file():
         return None
     recipe = run_dir / "recipe.yaml"
     if not recipe.is_file():
         raise FerError(f"{run_dir}: not a run directory of `fer run` (no recipe.yaml, no checkpoints/last.pt)")
-    return recipe
-
-
-def remove_unstarted_run(run_dir: str | Path) -> None:
-    """Delete a run directory that holds nothing but what `fer run` writes before its first checkpoint."""
-    run_dir = Path(run_dir)
     extra = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_LEFTOVERS)
     checkpoints = run_dir / "checkpoints"
     extra += [f"checkpoints/{p.name}" for p in (checkpoints.iterdir() if checkpoints.is_dir() else ())
               if not p.name.endswith(".tmp")]
     if extra:
         raise FerError(f"{run_dir}: has no checkpoints/last.pt but holds {extra[0]}; not touching it: "
-                       f"start the run again with `fer run {run_dir / 'recipe.yaml'}`")
+                       f"start the run again with `fer run {recipe}`")
+    return recipe
+
+
+def remove_unstarted_run(run_dir: str | Path) -> None:
+    """Delete a run directory that ``unstarted_run`` found holding only an unstarted run."""
     shutil.rmtree(run_dir)

@@ -7,6 +7,7 @@ import os
 import random
 import tempfile
 import time
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(f"{path}: not a fer checkpoint: it is not a PyTorch archive; it may be truncated "
+                              f"or from another program")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # never echo torch's advice: it suggests the unsafe loader
