@@ -372,3 +372,33 @@ def test_a_directory_that_is_not_a_run_is_left_alone(tmp_path):
     assert (folder / "notes.txt").exists()
     assert error_of(fer("run", "--resume", tmp_path)) == (
         f"{tmp_path}: not a run directory of `fer run` (no recipe.yaml, no checkpoints/last.pt)")
+
+
+# -- 7. `fer data pack` names what it drops ---------------------------------------------------
+def test_pack_lists_each_dropped_item_beside_the_manifest_and_info_points_to_it(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from data_fixtures import fer_pixels, write_corrupt_files, write_fer2013_csv, write_imagefolder
+
+    rows = [(emotion, fer_pixels(emotion), usage) for emotion in range(7) for usage in ("Training", "PublicTest")]
+    rows += [(3, "1 2 3", "Training"), (9, fer_pixels(99), "Training"), (2, fer_pixels(5), "Nowhere")]
+    csv_path = write_fer2013_csv(tmp_path / "dl" / "fer2013.csv", rows)
+    out = tmp_path / "fer"
+    assert fer("data", "pack", csv_path, out, "--format", "fer2013-csv").exit_code == 0
+    assert (out / "dropped.tsv").read_text() == ("source\treason\nfer2013.csv data row 15\tcorrupt_image\n"
+                                                 "fer2013.csv data row 16\tbad_label\nfer2013.csv data row 17\tbad_usage\n")
+    info = fer("data", "info", out)
+    assert f"dropped items, each with its reason: {out / 'dropped.tsv'}" in info.stdout.replace("\n", "")
+
+    src = tmp_path / "src"
+    write_imagefolder(src, {"happy": 3, "sad": 3})
+    write_corrupt_files(src / "happy")
+    assert fer("data", "pack", src, tmp_path / "folder", "-f", "imagefolder").exit_code == 0
+    listed = (tmp_path / "folder" / "dropped.tsv").read_text().splitlines()
+    assert sorted(listed[1:]) == ["happy_garbage\tcorrupt_image", "happy_truncated\tcorrupt_image"]
+    (src / "happy" / "truncated.jpg").unlink()
+    (src / "happy" / "garbage.png").unlink()
+    assert fer("data", "pack", src, tmp_path / "folder", "-f", "imagefolder", "--overwrite").exit_code == 0
+    assert not (tmp_path / "folder" / "dropped.tsv").exists()  # nothing dropped: no stale list either
+    assert "dropped items" not in fer("data", "info", tmp_path / "folder").stdout
