@@ -8,15 +8,12 @@ backbone (`freeze: false`); with `pretrained: true` (timm download) or a local
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import timm
 import torch
 from torch import nn
 
 from fer_core.builtin.timm_backbone import ImageNormalize, check_timm_name
 from fer_core.errors import FerError, RecipeError
-from fer_core.constraints import Range
 
 
 class TimmTokens(nn.Module):
@@ -37,7 +34,7 @@ class TimmTokens(nn.Module):
         return features.flatten(2).transpose(1, 2)
 
 
-def build_timm_tokens(model: str = "resnet10t", stage: Annotated[int, Range(0, 8)] = 2, pretrained: bool = False,
+def build_timm_tokens(model: str = "resnet10t", stage: int = 2, pretrained: bool = False,
                       checkpoint: str | None = None, normalize: bool = True,
                       image_size: int = 224, in_chans: int = 3) -> TimmTokens:
     """``stage`` picks the feature map (timm ``out_indices``; for resnets 2 is stride 8)."""
