@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fer_core import __version__
+from fer_core.constraints import clip
 from fer_core.errors import FerError
 
 console = Console()
@@ -32,7 +33,12 @@ class FerGroup(click.Group):
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            message = str(exc) if isinstance(exc, FerError) else f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+            message = str(exc)
+            if "\n" in message:  # one line, whatever the exception held
+                message = " ".join(message.split())
+            if not isinstance(exc, FerError):
+                message = (f"internal error: {type(exc).__name__}: {clip(message, 200)} "
+                           f"(rerun with --debug for the traceback)")
             err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
