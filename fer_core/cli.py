@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -167,6 +168,9 @@ def resume_or_restart(resume: str, run, run_pretrain) -> None:
     from fer_core.runs import load_checkpoint
 
     recipe_file = preflight.unstarted_run(resume)
+    if recipe_file is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one process may delete it
+        raise FerError(f"{resume} stopped before its first checkpoint; start it again with "
+                       f"`fer run {recipe_file} --nproc N` (it holds nothing to resume)")
     if recipe_file is not None:
         resolved = _load(str(recipe_file), ())
         _preflight(resolved)

@@ -129,7 +129,7 @@ def quickstart_on(tiny: Path) -> dict:
 def test_what_the_full_check_accepts_a_one_batch_run_accepts(tiny, tmp_path, one_thread):
     rng, runner = random.Random(23), CliRunner()
     base, accepted = quickstart_on(tiny), []
-    for i in range(40):
+    for i in range(24):
         recipe, what = mutate(base, rng)
         data = recipe.get("data")
         if isinstance(data, dict) and isinstance(data.get("image_size"), int) and data["image_size"] > 64:
@@ -142,7 +142,7 @@ def test_what_the_full_check_accepts_a_one_batch_run_accepts(tiny, tmp_path, one
         check_outcome(result, what)
         if result.exit_code == 0:
             accepted.append((path, recipe, what))
-    assert len(accepted) >= 5
+    assert len(accepted) >= 4
     for path, recipe, what in random.Random(5).sample(accepted, 2):
         recipe["data"]["num_workers"] = 0
         recipe["train"] = {**recipe.get("train", {}), "epochs": 1}
