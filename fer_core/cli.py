@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fer_core import __version__
+from fer_core.constraints import clip
 from fer_core.errors import FerError
 from fer_core.run_status import FAILURE_FILE, record_failure, started_run
 
@@ -35,7 +37,12 @@ class FerGroup(click.Group):
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            message = str(exc) if isinstance(exc, FerError) else f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+            message = str(exc)
+            if "\n" in message:  # one line, whatever the exception held
+                message = " ".join(message.split())
+            if not isinstance(exc, FerError):
+                message = (f"internal error: {type(exc).__name__}: {clip(message, 200)} "
+                           f"(rerun with --debug for the traceback)")
             err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
@@ -52,23 +59,30 @@ def main(ctx: click.Context, debug: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
-    """List plugins, their status and the components they provide."""
-    from fer_core.plugins import get_host
+    """List plugins, their status, import cost and the components they provide."""
+    from fer_core.plugins import get_host  # torch-free: `fer plugins` must stay instant
 
     host = get_host()
+    warnings = [w for p in host.plugins for w in p.warnings]
+    if warnings and host.strict:
+        raise FerError(f"{warnings[0]} (FER_STRICT_PLUGINS=1 makes this an error)")
     if as_json:
         click.echo(json.dumps([p.as_dict() for p in host.plugins], indent=2))
-        return
-    table = Table(title="fer plugins", show_lines=False)
-    for column in ("plugin", "distribution", "version", "status", "components"):
-        table.add_column(column)
-    for p in host.plugins:
-        status = "[green]loaded[/]" if p.status == "loaded" else f"[red]{p.status}[/]"
-        if p.error:
-            status += f"\n[red]{escape(p.error)}[/]"
-        comps = "\n".join(f"{c.kind} [bold]{escape(c.name)}[/]: {escape(c.summary)}" for c in p.components)
-        table.add_row(escape(p.name), escape(p.dist), escape(p.version), status, comps)
-    console.print(table)
+    else:
+        table = Table(title="fer plugins", show_lines=False)
+        for column in ("plugin", "distribution", "version", "status", "import", "components"):
+            table.add_column(column)
+        for p in host.plugins:
+            status = "[green]loaded[/]" if p.status == "loaded" else f"[red]{p.status}[/]"
+            if p.error:
+                status += f"\n[red]{escape(p.error)}[/]"
+            comps = "\n".join(f"{c.kind} [bold]{escape(c.name)}[/]: {escape(c.summary)}" for c in p.components)
+            summary = f"\n[dim]{escape(p.summary)}[/]" if p.summary else ""
+            took = "" if p.import_s is None else f"{p.import_s * 1000:.0f} ms"
+            table.add_row(escape(p.name), escape(p.dist) + summary, escape(p.version), status, took, comps)
+        console.print(table)
+    for warning in warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 @main.group()
@@ -86,12 +100,31 @@ def _load(path: str, overrides: tuple[str, ...]) -> dict:
 @recipe.command("check")
 @click.argument("path", type=click.Path())
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
-def recipe_check(path: str, overrides: tuple[str, ...]) -> None:
-    """Validate RECIPE (exit 0 when valid, 2 with a one-line error otherwise)."""
+@click.option("--no-build", is_flag=True, help="Check keys, values and components only: no data, no dry build.")
+def recipe_check(path: str, overrides: tuple[str, ...], no_build: bool) -> None:
+    """Validate RECIPE: values, components, data and a dry build (exit 0, or 2 with a one-line error)."""
     resolved = _load(path, overrides)
     model = resolved["model"]
     parts = " -> ".join(model[k]["name"] for k in ("encoder", "backbone", "head") if k in model)
-    console.print(f"[green]ok[/] {escape(resolved['name'])}: {escape(parts)}", highlight=False)
+    checked = "" if no_build else f" ({_preflight(resolved)})"
+    console.print(f"[green]ok[/] {escape(resolved['name'])}: {escape(parts)}{escape(checked)}", highlight=False,
+                  soft_wrap=True)
+
+
+def _preflight(resolved: dict) -> str:
+    """Data and dry build, before any run directory exists (see fer_core.preflight)."""
+    from fer_core.plugins import get_registry
+    from fer_core.preflight import check_recipe
+
+    return check_recipe(resolved, get_registry())
+
+
+@recipe.command("docs")
+def recipe_docs() -> None:
+    """Print the recipe reference (docs/recipes.md), generated from the schema."""
+    from fer_core.recipe_docs import render
+
+    click.echo(render(), nl=False)
 
 
 @recipe.command("show")
@@ -118,17 +151,16 @@ def run_command(recipe_path, overrides, resume, out, keep, nproc) -> None:
 
         sys.exit(launch(nproc, sys.argv[1:]))
     from fer_core.pretrain import run_pretrain
-    from fer_core.runs import load_checkpoint
     from fer_core.train import run
 
     if resume:
-        task = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")["recipe"].get("task")
         with _failure_recorded(resume=resume):
-            (run_pretrain if task == "pretrain" else run)(None, resume=resume)
+            resume_or_restart(resume, run, run_pretrain)
         return
     if not recipe_path:
         raise FerError("fer run needs a RECIPE file (or --resume RUN_DIR)")
     resolved = _load(recipe_path, overrides + ((f"train.keep={keep}",) if keep is not None else ()))
+    _preflight(resolved)
     with _failure_recorded(parent=Path(out or resolved["output"]["dir"]) / resolved["name"]):
         (run_pretrain if resolved["task"] == "pretrain" else run)(resolved, out=out)
 
@@ -143,10 +175,35 @@ def _failure_recorded(resume: str | None = None, parent: Path | None = None):
         yield
     except Exception as exc:
         run_dir = Path(resume) if resume else started_run(parent, started)
-        if run_dir is not None:
+        if run_dir is not None and run_dir.is_dir():
             message = str(exc).splitlines()[0] if str(exc) else ""
             record_failure(run_dir, message if isinstance(exc, FerError) else f"{type(exc).__name__}: {message}")
         raise
+
+
+def resume_or_restart(resume: str, run, run_pretrain) -> None:
+    """Continue RUN_DIR; a run killed before its first checkpoint is removed and started over."""
+    from fer_core import preflight, providers
+    from fer_core.plugins import get_registry
+    from fer_core.recipe import validate_components
+    from fer_core.runs import load_checkpoint
+
+    recipe_file = preflight.unstarted_run(resume)
+    if recipe_file is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one process may delete it
+        raise FerError(f"{resume} stopped before its first checkpoint; start it again with "
+                       f"`fer run {recipe_file} --nproc N` (it holds nothing to resume)")
+    if recipe_file is not None:
+        resolved = _load(str(recipe_file), ())
+        _preflight(resolved)
+        preflight.remove_unstarted_run(resume)
+        err_console.print(f"[yellow]{escape(resume)} stopped before its first checkpoint: removed it and "
+                          f"starting the run over from its recipe[/]", highlight=False, soft_wrap=True)
+        (run_pretrain if resolved["task"] == "pretrain" else run)(resolved, out=str(Path(resume).parent.parent))
+        return
+    state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
+    with providers.recorded(state.get("versions")):  # a missing plugin is named with its version
+        validate_components(state["recipe"], get_registry())
+    (run_pretrain if state["recipe"].get("task") == "pretrain" else run)(None, resume=resume)
 
 
 @main.command("eval")

@@ -10,6 +10,7 @@ import torch
 from fer_core.errors import CheckpointError
 from fer_core.model import FerModel, build_model
 from fer_core.plugins import get_registry
+from fer_core.providers import recorded
 from fer_core.runs import load_checkpoint, resolve_checkpoint
 
 
@@ -34,6 +35,7 @@ def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cp
                               f"or train a classifier on its encoder (model.encoder.checkpoint, see "
                               f"recipes/vaegan-latentvit.yaml)")
     torch.manual_seed(recipe["seed"])  # frozen random encoders are rebuilt identically
-    model = build_model(recipe, get_registry(), classes)
+    with recorded(state.get("versions")):  # a missing plugin is named with the version it recorded
+        model = build_model(recipe, get_registry(), classes)
     load_model_state(recipe, model, state["ema"] if use_ema and state.get("ema") else state["model"])
     return Trained(model.to(device).eval(), recipe, classes, path)

@@ -134,7 +134,9 @@ def _info(predictor, path: Path, parameters: int | None) -> dict[str, Any]:
     return {
         "name": predictor.name, "classes": predictor.classes, "format": predictor.format,
         "image_size": predictor.image_size, "channels": predictor.channels,
-        "parameters": parameters, "file": str(path), "file_bytes": path.stat().st_size,
+        "parameters": parameters, "file_bytes": path.stat().st_size,
+        # names only, never the server's paths: the run directory's name and the file's basename
+        "run": path.parent.parent.name if path.parent.name == "checkpoints" else None, "file": path.name,
     }
 
 

@@ -8,137 +8,35 @@ signatures through the registry.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fer_core import safe_yaml, schema
+from fer_core.constraints import clip, short
 from fer_core.errors import RecipeError
 from fer_core.registry import Registry, suggest
+from fer_core.schema import Component, ComponentList, Key, Section
 
-COMPONENT = "component"  # a {name: ..., **params} mapping checked by the registry
-COMPONENTS = "components"  # a list of such mappings
-
-# Leaf types: a tuple of accepted Python types, or a list of allowed values.
-NUM = (int, float)
-SCHEMA: dict[str, Any] = {
-    "name": (str,),
-    "description": (str,),
-    "extends": (str, list),
-    "seed": (int,),
-    "task": ["classify", "pretrain"],
-    "data": {
-        "root": (str,),
-        "classes": (list,),
-        "image_size": (int,),
-        "channels": [1, 3],
-        "balance": (bool,),
-        "sources": (list,),
-        "soft_labels": (bool,),
-        "cache_latents": (bool,),
-        "train_fraction": NUM,
-        "num_workers": (int,),
-        "shuffle_buffer": (int,),
-        "max_corrupt_fraction": NUM,
-        "synth": {"n": (int,), "size": (int,), "seed": (int,)},
-    },
-    "model": {"encoder": COMPONENT, "backbone": COMPONENT, "head": COMPONENT},
-    "loss": COMPONENT,
-    "augment": {"sample": COMPONENTS, "batch": COMPONENTS},
-    "optim": {
-        "name": ["adamw", "adam", "sgd"],
-        "lr": NUM,
-        "weight_decay": NUM,
-        "momentum": NUM,
-        "betas": (list,),
-        "nesterov": (bool,),
-        "layer_decay": NUM + (type(None),),
-    },
-    "schedule": {
-        "name": ["cosine", "step", "plateau", "none"],
-        "warmup_epochs": NUM,
-        "warmup_lr": NUM,
-        "min_lr": NUM,
-        "step_size": (int,),
-        "gamma": NUM,
-        "factor": NUM,
-        "patience": (int,),
-    },
-    "train": {
-        "epochs": (int,),
-        "batch_size": (int,),
-        "amp": (bool,),
-        "accumulate": (int,),
-        "clip_grad": NUM + (type(None),),
-        "ema": (bool,),
-        "ema_decay": NUM,
-        "early_stopping": {"metric": (str,), "patience": (int,), "mode": ["max", "min"]},
-        "device": (str,),
-        "log_every": (int,),
-        "keep": (int,),
-    },
-    "eval": {"batch_size": (int,), "metric": (str,), "tta": [None, "flip"]},
-    "output": {"dir": (str,)},
-}
-
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "task": "classify",
-    "data": {
-        "image_size": 48,
-        "channels": 3,
-        "balance": False,
-        "soft_labels": False,
-        "cache_latents": False,
-        "train_fraction": 1.0,
-        "num_workers": 2,
-        "shuffle_buffer": 1000,
-        "max_corrupt_fraction": 0.01,
-    },
-    "model": {"encoder": {"name": "identity"}, "head": {"name": "linear"}},
-    "loss": {"name": "cross_entropy"},
-    "augment": {"sample": [], "batch": []},
-    "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9,
-              "betas": [0.9, 0.999], "nesterov": False, "layer_decay": None},
-    "schedule": {"name": "cosine", "warmup_epochs": 0, "warmup_lr": 1e-6, "min_lr": 1e-6,
-                 "step_size": 10, "gamma": 0.1, "factor": 0.1, "patience": 3},
-    "train": {"epochs": 10, "batch_size": 64, "amp": False, "accumulate": 1, "clip_grad": None,
-              "ema": False, "ema_decay": 0.999, "device": "auto", "log_every": 10, "keep": 0},
-    "eval": {"batch_size": 256, "metric": "accuracy", "tta": None},
-    "output": {"dir": "runs"},
-}
-
-METRICS = ("accuracy", "f1_macro", "f1_weighted", "loss")
+METRICS = schema.METRICS
+DEFAULTS = schema.DEFAULTS
 
 
 # -- loading ----------------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.2), the way researchers write rates."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def _parse(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
     try:
-        data = _parse(path.read_text())
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
-        raise RecipeError(f"{path}:{line}: malformed YAML: {exc.problem}") from None
+        data = safe_yaml.load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: malformed YAML: {exc}") from None
+        line, problem = safe_yaml.problem(exc)
+        raise RecipeError(f"{path}:{line or '?'}: malformed YAML: {problem}") from None
+    except safe_yaml.YamlTooBig as exc:
+        raise RecipeError(f"{path}: refused: the YAML {exc}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file (a recipe is UTF-8 YAML)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -163,12 +61,8 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any], path: tuple[str,
 
 
 def _renamed(path: tuple[str, ...], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    rule: Any = SCHEMA
-    for key in path:
-        if not isinstance(rule, dict) or key not in rule:
-            return False
-        rule = rule[key]
-    return rule == COMPONENT and "name" in new and new["name"] != old.get("name")
+    return (isinstance(schema.rule_at(path), Component) and "name" in new
+            and new["name"] != old.get("name"))
 
 
 def load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -182,7 +76,7 @@ def load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if isinstance(parents, str):
         parents = [parents]
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
-        raise RecipeError(f"{path.name}: extends: expected a file name or a list of them, got {parents!r}")
+        raise RecipeError(f"{path.name}: extends: expected a file name or a list of them, got {short(parents)}")
     merged: dict[str, Any] = {}
     for parent in parents:
         parent_path = path.parent / str(parent)
@@ -196,11 +90,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=VALUE`` with VALUE parsed as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise RecipeError(f"-s {text}: overrides look like key.path=value, e.g. train.epochs=5")
+        raise RecipeError(f"-s {clip(text)}: overrides look like key.path=value, e.g. train.epochs=5")
     try:
-        value = _parse(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise RecipeError(f"-s {text}: the value is not valid YAML") from None
+        value = safe_yaml.load(raw) if raw.strip() else None
+    except (yaml.YAMLError, safe_yaml.YamlTooBig):
+        raise RecipeError(f"-s {clip(text)}: the value is not valid YAML") from None
     return key.strip().split("."), value
 
 
@@ -212,7 +106,7 @@ def apply_overrides(recipe: dict[str, Any], overrides: Iterable[str]) -> dict[st
         for i, key in enumerate(keys[:-1]):
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise RecipeError(f"-s {text}: {'.'.join(keys[: i + 1])} is not a section")
+                raise RecipeError(f"-s {clip(text)}: {'.'.join(keys[: i + 1])} is not a section")
             node = child
         node[keys[-1]] = value
     return recipe
@@ -226,6 +120,7 @@ def load_recipe(
     user.setdefault("name", Path(path).stem)
     validate_structure(user)
     recipe = {"name": user["name"], **deep_merge(DEFAULTS, user)}
+    schema.fill_optional(recipe)
     if recipe["task"] == "pretrain" and "head" not in user.get("model", {}):
         del recipe["model"]["head"]  # the default head means nothing to an encoder trained alone
     validate_semantics(recipe)
@@ -235,55 +130,45 @@ def load_recipe(
 
 
 # -- validation -------------------------------------------------------------
-def validate_structure(node: Mapping[str, Any], schema: Mapping[str, Any] = SCHEMA, path: str = "") -> None:
+def validate_structure(node: Mapping[str, Any], rules: Mapping[str, Any] = schema.SCHEMA, path: str = "") -> None:
+    """Every key known, every value of its declared type and range (``fer_core.schema``)."""
     for key, value in node.items():
         where = f"{path}{key}"
-        if key not in schema:
+        if key not in rules:
             section = f"section '{path[:-1]}'" if path else "a recipe"
-            raise RecipeError(f"{where}: unknown key in {section}{suggest(key, list(schema))}")
-        rule = schema[key]
-        if rule == COMPONENT:
+            raise RecipeError(f"{clip(where, 80)}: unknown key in {section}{suggest(key, list(rules))}")
+        rule = rules[key]
+        if isinstance(rule, Component):
             _check_component_shape(value, where)
-        elif rule == COMPONENTS:
+        elif isinstance(rule, ComponentList):
             if not isinstance(value, list):
-                raise RecipeError(f"{where}: expected a list of components, got {value!r}")
+                raise RecipeError(f"{where}: expected a list of components, got {short(value)}")
             for i, item in enumerate(value):
                 _check_component_shape(item, f"{where}[{i}]")
-        elif isinstance(rule, dict):
+        elif isinstance(rule, Section):
+            if value is None:
+                raise RecipeError(f"{where}: empty section; give it keys (see docs/recipes.md) or delete the line")
             if not isinstance(value, dict):
-                raise RecipeError(f"{where}: expected a section (mapping), got {value!r}")
-            validate_structure(value, rule, f"{where}.")
-        elif isinstance(rule, list):
-            if value not in rule:
-                raise RecipeError(f"{where}: must be one of {', '.join(map(str, rule))}; got {value!r}"
-                                  f"{suggest(value, [str(r) for r in rule])}")
-        elif not _is_type(value, rule):
-            raise RecipeError(f"{where}: expected {_type_words(rule)}, got {value!r}")
-
-
-def _is_type(value: Any, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool) and bool not in types:
-        return False
-    return isinstance(value, types)
-
-
-def _type_words(types: tuple[type, ...]) -> str:
-    words = {int: "an integer", float: "a number", bool: "true/false", str: "a string",
-             list: "a list", type(None): "null"}
-    if set(types) >= {int, float}:
-        types = tuple(t for t in types if t is not int)
-    return " or ".join(words.get(t, t.__name__) for t in types)
+                raise RecipeError(f"{where}: expected a section (mapping), got {short(value)}")
+            validate_structure(value, rule.keys, f"{where}.")
+        elif isinstance(rule, Key):
+            rule.check(value, where)
 
 
 def _check_component_shape(value: Any, where: str) -> None:
     if isinstance(value, str):
-        raise RecipeError(f"{where}: write components as a mapping, e.g. {{name: {value}}}")
+        raise RecipeError(f"{where}: write components as a mapping, e.g. {{name: {clip(value, 40)}}}")
     if not isinstance(value, dict):
-        raise RecipeError(f"{where}: expected a component mapping with a name, got {value!r}")
+        raise RecipeError(f"{where}: expected a component mapping with a name, got {short(value)}")
     if "name" not in value:
         raise RecipeError(f"{where}.name: missing; every component needs a name")
+    if not isinstance(value["name"], str) or not value["name"]:
+        raise RecipeError(f"{where}.name: expected a component name, got {short(value['name'])}")
     if "freeze" in value and not isinstance(value["freeze"], bool):
-        raise RecipeError(f"{where}.freeze: expected true/false, got {value['freeze']!r}")
+        raise RecipeError(f"{where}.freeze: expected true/false, got {short(value['freeze'])}")
+    bad = [k for k in value if not isinstance(k, str)]
+    if bad:
+        raise RecipeError(f"{where}: parameter names must be strings, got {short(bad[0])}")
 
 
 def validate_semantics(recipe: Mapping[str, Any]) -> None:
@@ -302,27 +187,19 @@ def validate_semantics(recipe: Mapping[str, Any]) -> None:
         raise RecipeError("data.root: missing; point it at a directory made by `fer data pack` or `fer data synth`")
     for i, source in enumerate(data.get("sources") or []):
         if not isinstance(source, dict) or "root" not in source:
-            raise RecipeError(f"data.sources[{i}]: expected {{root: DIR, weight: NUMBER}}, got {source!r}")
-        extra = set(source) - {"root", "weight"}
+            raise RecipeError(f"data.sources[{i}]: expected {{root: DIR, weight: NUMBER}}, got {short(source)}")
+        extra = sorted(map(str, set(source) - {"root", "weight"}))
         if extra:
-            raise RecipeError(f"data.sources[{i}].{sorted(extra)[0]}: unknown key; sources take root and weight")
+            raise RecipeError(f"data.sources[{i}].{clip(extra[0], 40)}: unknown key; sources take root and weight")
+        SOURCE_ROOT.check(source["root"], f"data.sources[{i}].root")
+        SOURCE_WEIGHT.check(source.get("weight", 1.0), f"data.sources[{i}].weight")
     classes = data.get("classes")
-    if classes is not None and (not classes or not all(isinstance(c, str) for c in classes)):
-        raise RecipeError("data.classes: expected a non-empty list of class names")
-    if not 0 < data["train_fraction"] <= 1:
-        raise RecipeError(f"data.train_fraction: must be in (0, 1], got {data['train_fraction']}")
-    for key in ("epochs", "batch_size", "accumulate"):
-        if train[key] < 1:
-            raise RecipeError(f"train.{key}: must be at least 1, got {train[key]}")
-    metrics = {"eval.metric": recipe["eval"]["metric"]}
-    if "early_stopping" in train:
-        metrics["train.early_stopping.metric"] = train["early_stopping"].get("metric", recipe["eval"]["metric"])
-    for where, metric in metrics.items():
-        if metric not in METRICS:
-            raise RecipeError(f"{where}: unknown metric {metric!r}; choose from {', '.join(METRICS)}"
-                              f"{suggest(metric, METRICS)}")
-    if recipe["optim"]["lr"] <= 0:
-        raise RecipeError(f"optim.lr: must be positive, got {recipe['optim']['lr']}")
+    if classes is not None and len(set(classes)) != len(classes):
+        raise RecipeError("data.classes: each class name may appear once")
+
+
+SOURCE_ROOT = Key((str,), "a packed data set's directory", pattern=r"(?s).+")
+SOURCE_WEIGHT = schema.number(1.0, "its sampling weight", 0, 1e6, lo_open=True)
 
 
 def validate_components(recipe: Mapping[str, Any], registry: Registry) -> None:

@@ -12,10 +12,11 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from fer_core.errors import PluginError, RecipeError
+from fer_core.constraints import OneOf, Range, clip, short
+from fer_core.errors import FerError, PluginError, RecipeError
 
 KINDS = ("encoder", "backbone", "head", "loss", "augment")
 
@@ -32,6 +33,11 @@ CONTEXT: dict[str, tuple[str, ...]] = {
 RESERVED = ("name", "freeze")
 
 
+def normal_dist(name: str) -> str:
+    """A distribution or entry-point name compared the way pip does (case, '_' and '-' alike)."""
+    return name.lower().replace("_", "-")
+
+
 def suggest(word: str, choices: Sequence[str]) -> str:
     """'; did you mean 'x'?' when a choice is close to ``word``, else ''."""
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
@@ -46,24 +52,38 @@ class Component:
     summary: str = ""
     plugin: str = ""
     aliases: tuple[str, ...] = ()
+    version: str = ""
 
-    def load(self) -> Callable[..., Any]:
-        """Import and return the factory."""
+    def blame(self, path: str = "") -> str:
+        """``model.head 'badhead' (fer-badplugin 0.1)``: who to ask when this component misbehaves."""
+        where = path or self.kind
+        return f"{where} '{self.name}' ({self.plugin or '?'}{' ' + self.version if self.version else ''})"
+
+    def load(self, path: str = "") -> Callable[..., Any]:
+        """Import and return the factory; a PluginError names the component and its plugin."""
         if callable(self.target):
             return self.target
         module_name, _, attr = self.target.partition(":")
         try:
             module = importlib.import_module(module_name)
-            return getattr(module, attr) if attr else module
+            factory = getattr(module, attr) if attr else module
         except Exception as exc:  # report which plugin broke, not a traceback
-            raise PluginError(
-                f"{self.kind} '{self.name}' from {self.plugin} cannot be loaded "
-                f"({self.target}): {type(exc).__name__}: {exc}"
-            ) from exc
+            raise PluginError(f"{self.blame(path)}: target {self.target} cannot be loaded: "
+                              f"{type(exc).__name__}: {clip(str(exc), 120)}") from exc
+        if not callable(factory):
+            raise PluginError(f"{self.blame(path)}: target {self.target} is not callable "
+                              f"(it is {short(factory, 40)}); the plugin must name a factory function or class")
+        return factory
 
-    def parameters(self) -> dict[str, inspect.Parameter] | None:
+    def signature(self, path: str = "") -> inspect.Signature:
+        try:
+            return inspect.signature(self.load(path))
+        except (TypeError, ValueError) as exc:
+            raise PluginError(f"{self.blame(path)}: target {self.target} has no readable signature ({exc})") from exc
+
+    def parameters(self, path: str = "") -> dict[str, inspect.Parameter] | None:
         """Recipe-settable parameters of the factory; None when it takes **kwargs."""
-        sig = inspect.signature(self.load())
+        sig = self.signature(path)
         if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
             return None
         context = CONTEXT[self.kind]
@@ -74,51 +94,72 @@ class Component:
         }
 
     def accepts_context(self) -> set[str]:
-        sig = inspect.signature(self.load())
+        sig = self.signature()
         if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
             return set(CONTEXT[self.kind])
         return {n for n in CONTEXT[self.kind] if n in sig.parameters}
 
 
-@dataclass
 class Registry:
-    components: dict[str, dict[str, Component]] = field(
-        default_factory=lambda: {k: {} for k in KINDS}
-    )
+    """Per kind, name (and alias) -> Component. Only these methods touch the table."""
+
+    def __init__(self) -> None:
+        self._table: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
+        self.missing_hint: Callable[[str, str], str] = lambda kind, name: ""
 
     def add(self, component: Component) -> None:
-        table = self.components[component.kind]
-        for name in (component.name, *component.aliases):
+        """Register under its name and aliases; a PluginError (and no change) when one is taken."""
+        table = self._table[component.kind]
+        names = (component.name, *component.aliases)
+        for name in names:
             if not isinstance(name, str) or not name:
-                raise PluginError(f"{component.plugin}: component names must be non-empty strings, got {name!r}")
+                raise PluginError(f"{component.plugin}: component names must be non-empty strings, got {short(name)}")
             other = table.get(name)
             if other is not None:
                 raise PluginError(
-                    f"{component.kind} '{name}' is registered by both {other.plugin} and "
-                    f"{component.plugin}; uninstall one or skip it with FER_DISABLE_PLUGINS"
+                    f"{component.kind} '{name}' is registered by both {other.plugin} and {component.plugin}; "
+                    f"uninstall one or skip it with FER_DISABLE_PLUGINS"
                 )
+        for name in names:
             table[name] = component
+
+    def remove(self, component: Component) -> None:
+        """Drop the names that point at ``component`` (a name another component holds stays)."""
+        table = self._table[component.kind]
+        for name in (component.name, *component.aliases):
+            if table.get(name) is component:
+                del table[name]
 
     def names(self, kind: str) -> list[str]:
         """Primary names (no aliases), sorted."""
-        return sorted({c.name for c in self.components[kind].values()})
+        return sorted({c.name for c in self._table[kind].values()})
+
+    def components(self, kind: str | None = None) -> list[Component]:
+        """Every registered component (once, aliases aside), by kind then name."""
+        kinds = KINDS if kind is None else (kind,)
+        return [c for k in kinds for c in sorted({id(c): c for c in self._table[k].values()}.values(),
+                                                 key=lambda c: c.name)]
+
+    def find(self, kind: str, name: Any) -> Component | None:
+        """The component called ``name`` (or aliased so), or None."""
+        return self._table[kind].get(name) if isinstance(name, str) else None
 
     def get(self, kind: str, name: Any, path: str = "") -> Component:
-        table = self.components[kind]
-        if isinstance(name, str) and name in table:
-            return table[name]
+        found = self.find(kind, name)
+        if found is not None:
+            return found
         where = f"{path}: " if path else ""
         installed = ", ".join(self.names(kind)) or "none"
-        raise RecipeError(
-            f"{where}unknown {kind} {name!r}; installed: {installed}{suggest(name, list(table))}"
-        )
+        hint = self.missing_hint(kind, name) if isinstance(name, str) else ""
+        raise RecipeError(f"{where}unknown {kind} {short(name, 40)}; installed: {clip(installed, 160)}"
+                          f"{suggest(name, list(self._table[kind]))}{hint}")
 
     def check_params(self, kind: str, spec: Mapping[str, Any], path: str) -> Component:
         """Validate a component spec ``{name: ..., **params}`` without building it."""
         if "name" not in spec:
             raise RecipeError(f"{path}.name: missing; every component needs a name")
         component = self.get(kind, spec["name"], f"{path}.name")
-        params = component.parameters()
+        params = component.parameters(path)
         if params is None:
             return component
         for key, value in spec.items():
@@ -130,7 +171,7 @@ class Registry:
                 )
             if key not in params:
                 raise RecipeError(
-                    f"{path}.{key}: unknown parameter of '{component.name}'{suggest(key, list(params))}"
+                    f"{path}.{clip(key, 40)}: unknown parameter of '{component.name}'{suggest(key, list(params))}"
                     f" (accepted: {', '.join(params) or 'none'})"
                 )
             _check_type(component, key, value, path)
@@ -140,26 +181,45 @@ class Registry:
         return component
 
     def build(self, kind: str, spec: Mapping[str, Any], path: str, context: Mapping[str, Any]) -> Any:
-        """Check the spec, then call the factory with its params plus the context it accepts."""
+        """Check the spec, then call the factory with its params plus the context it accepts.
+
+        A fault inside the factory is reported as the component's (and its plugin's), in one line.
+        """
         component = self.check_params(kind, spec, path)
         kwargs = {k: v for k, v in spec.items() if k not in RESERVED}
         accepted = component.accepts_context()
         kwargs.update({k: v for k, v in context.items() if k in accepted})
-        return component.load()(**kwargs)
+        try:
+            return component.load(path)(**kwargs)
+        except FerError:
+            raise
+        except Exception as exc:
+            detail = clip(str(exc).strip(), 160) or "(no message)"
+            raise PluginError(f"{component.blame(path)} failed to build: {type(exc).__name__}: {detail}") from exc
 
 
 def _check_type(component: Component, key: str, value: Any, path: str) -> None:
-    """Check a value against a simple annotation (int, float, bool, str, list, unions, Literal)."""
+    """Check a value against a simple annotation (int, float, bool, str, list, unions, Literal)
+    and the constraints (``Range``, ``OneOf``) a factory declares with ``typing.Annotated``."""
     try:
-        hints = typing.get_type_hints(component.load())
+        hints = typing.get_type_hints(component.load(path), include_extras=True)
     except Exception:
         return
     hint = hints.get(key)
-    if hint is None or _matches(value, hint):
+    if hint is None:
         return
-    raise RecipeError(
-        f"{path}.{key}: expected {_describe(hint)} for '{component.name}', got {value!r}"
-    )
+    constraints = []
+    if typing.get_origin(hint) is typing.Annotated:
+        hint, *extras = typing.get_args(hint)
+        constraints = [c for c in extras if isinstance(c, (Range, OneOf))]
+    if not _matches(value, hint):
+        raise RecipeError(f"{path}.{key}: expected {_describe(hint)} for '{component.name}', got {short(value)}")
+    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        raise RecipeError(f"{path}.{key}: must be a finite number for '{component.name}', got {short(value)}")
+    for constraint in constraints:
+        problem = constraint.problem(value) if value is not None or isinstance(constraint, OneOf) else None
+        if problem:
+            raise RecipeError(f"{path}.{key}: {problem} for '{component.name}', got {short(value)}")
 
 
 def _matches(value: Any, hint: Any) -> bool:

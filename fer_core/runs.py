@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import tempfile
 import time
@@ -78,12 +77,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(f"{path}: not a fer checkpoint: it is not a PyTorch archive; it may be truncated "
+                              f"or from another program")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable fer checkpoint ({first[:160]}); "
-                              f"it may be truncated or from another program") from None
+    except Exception as exc:  # never echo torch's advice: it suggests the unsafe loader
+        if "weights only load failed" in str(exc).lower():
+            raise CheckpointError(f"{path}: refused by safe loading: it holds Python objects that a fer "
+                                  f"checkpoint never contains, so it was not loaded; use a checkpoint written "
+                                  f"by `fer run`") from None
+        raise CheckpointError(f"{path}: not a fer checkpoint: it cannot be read ({type(exc).__name__}); it may "
+                              f"be truncated or from another program") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a fer checkpoint (no '{CHECKPOINT_FORMAT}' marker); "
                               f"pass a run directory or a checkpoints/*.pt file written by `fer run`")

@@ -29,13 +29,12 @@ def build(registry, kind, spec, context):
 
 
 def test_every_builtin_parameter_is_annotated_with_a_default(registry):
-    for kind, table in registry.components.items():
-        for component in table.values():
-            params = component.parameters()
-            assert params is not None, f"{kind} {component.name} takes **kwargs"
-            for name, param in params.items():
-                assert param.annotation is not inspect.Parameter.empty, f"{component.name}.{name}"
-                assert param.default is not inspect.Parameter.empty, f"{component.name}.{name}"
+    for component in registry.components():
+        params = component.parameters()
+        assert params is not None, f"{component.kind} {component.name} takes **kwargs"
+        for name, param in params.items():
+            assert param.annotation is not inspect.Parameter.empty, f"{component.name}.{name}"
+            assert param.default is not inspect.Parameter.empty, f"{component.name}.{name}"
 
 
 # -- encoder ---------------------------------------------------------------------

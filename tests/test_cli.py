@@ -55,14 +55,14 @@ def test_errors_are_one_line_on_stderr_without_a_traceback(recipe):
     result = fer("recipe", "check", recipe, "-s", "train.epochs=0")
     assert result.exit_code == 2
     assert result.stdout == ""
-    assert result.stderr == "error: train.epochs: must be at least 1, got 0\n"
+    assert result.stderr == "error: train.epochs: must be in [1, 100000], got 0\n"
 
 
 def test_debug_shows_the_traceback(recipe):
     result = fer("--debug", "recipe", "check", recipe, "-s", "train.epochs=0")
     assert isinstance(result.exception, RecipeError)
     assert result.exit_code == 1 and result.exc_info[2] is not None
-    assert str(result.exception) == "train.epochs: must be at least 1, got 0"
+    assert str(result.exception) == "train.epochs: must be in [1, 100000], got 0"
 
 
 def test_an_unexpected_exception_is_one_line_too(recipe, monkeypatch):

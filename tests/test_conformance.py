@@ -52,8 +52,7 @@ OPTIONS = {
 def repo_components() -> list[Component]:
     host = PluginHost(env={})
     owners = {"fer-core", *PLUGIN_DISTS}
-    return [c for kind, table in host.registry.components.items() for name, c in sorted(table.items())
-            if c.name == name and c.plugin in owners]
+    return [c for c in host.registry.components() if c.plugin in owners]
 
 
 def test_every_plugin_in_the_repo_is_installed_and_loads():

@@ -119,7 +119,7 @@ def test_generated_component_trains_one_step(kind, kit, synth, tmp_path, monkeyp
     _, site = kit
     monkeypatch.syspath_prepend(str(site))
     reset()
-    component = get_registry().components[kind][f"demo_{kind}"]
+    component = get_registry().find(kind, f"demo_{kind}")
     assert component.plugin == f"fer-demo-{kind}"
     recipe_path = tmp_path / f"demo-{kind}.yaml"
     recipe_path.write_text(RECIPE.format(kind=kind, root=synth, model=MODELS[kind]))

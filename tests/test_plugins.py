@@ -140,7 +140,9 @@ def test_walkthrough_plugin_installed_with_pip_is_found_built_and_used(walkthrou
     # Real entry-point discovery, through the installed `fer` command.
     out = subprocess.run([*fer_command(), "plugins", "--json"], capture_output=True, text=True, check=True)
     plugins = {p["name"]: p for p in json.loads(out.stdout)}
-    assert plugins["cosine-head"] == walkthrough_json_entry()  # what CONTRIBUTING.md shows
+    shown = walkthrough_json_entry()  # what CONTRIBUTING.md shows; the import time varies
+    assert plugins["cosine-head"].pop("import_ms") < 100 and shown.pop("import_ms") is not None
+    assert plugins["cosine-head"] == shown
     assert plugins["builtin"]["status"] == "loaded"
 
     # Listing imports the plugin's hook module, not its torch code.
@@ -154,7 +156,7 @@ def test_walkthrough_plugin_installed_with_pip_is_found_built_and_used(walkthrou
     try:
         result = CliRunner().invoke(main, ["recipe", "check", str(walkthrough_plugin / "recipes/cosine-quickstart.yaml")])
         assert result.exit_code == 0, result.output
-        assert result.stdout == "ok cosine-quickstart: identity -> timm -> cosine\n"
+        assert result.stdout.startswith("ok cosine-quickstart: identity -> timm -> cosine (")
         assert fer_core.plugins.get_registry().get("head", "cosine").plugin == "fer-cosine-head"
         spec = importlib.util.spec_from_file_location(
             "walkthrough_test_cosine", walkthrough_plugin / "fer-cosine-head/tests/test_cosine.py")
@@ -199,7 +201,7 @@ def test_builtins_come_first_and_belong_to_fer_core(fake_plugins):
     assert host.plugins[0].name == "builtin" and host.plugins[0].dist == "fer-core"
     assert host.plugins[0].status == "loaded"
     assert {"linear", "mlp"} <= set(host.registry.names("head"))
-    assert {c.plugin for table in host.registry.components.values() for c in table.values()} == {"fer-core"}
+    assert {c.plugin for c in host.registry.components()} == {"fer-core"}
     assert host.registry.get("loss", "ce").name == "cross_entropy"
 
 
@@ -236,7 +238,7 @@ def test_a_plugin_whose_hook_raises_is_reported_and_all_it_registered_is_dropped
     assert info.status == "failed"
     assert info.error == "register_heads raised RuntimeError: boom"
     assert info.components == []
-    assert "half_done" not in host.registry.components["encoder"]  # registered by its earlier hook
+    assert host.registry.find("encoder", "half_done") is None  # registered by its earlier hook
     assert "tiny" in host.registry.names("head")
 
 
@@ -260,20 +262,25 @@ def test_malformed_hooks_fail_only_their_plugin(tiny_impl, source, error):
     assert by_name(host)["tiny"].status == "loaded"
 
 
-def test_two_plugins_registering_one_name_is_an_error_naming_both_distributions(tiny_impl):
+def test_in_a_name_clash_the_first_registration_keeps_the_name_and_the_later_plugin_fails(tiny_impl):
     tiny_impl.dist("fer-tiny", {"tiny": GOOD})
     tiny_impl.dist("fer-copycat", {"copycat": CLAIMS_TINY})
-    with pytest.raises(PluginError) as info:
-        PluginHost()
-    message = str(info.value)
-    assert "head 'tiny' is registered by both fer-copycat and fer-tiny" in message
-    assert "FER_DISABLE_PLUGINS" in message
+    host = PluginHost()  # entry points in name order: copycat registers first
+    assert by_name(host)["copycat"].status == "loaded"
+    assert host.registry.get("head", "tiny").plugin == "fer-copycat"
+    tiny = by_name(host)["tiny"]
+    assert tiny.status == "failed" and tiny.components == []
+    assert tiny.error == ("name clash: head 'tiny' is registered by both fer-copycat and fer-tiny; "
+                          "uninstall one or skip it with FER_DISABLE_PLUGINS")
+    with pytest.raises(PluginError, match="^plugin tiny \\(fer-tiny\\) name clash: head 'tiny' is registered by both"):
+        PluginHost(env={"FER_STRICT_PLUGINS": "1"})
 
 
 def test_a_plugin_claiming_a_builtin_name_clashes_with_fer_core(fake_plugins):
     fake_plugins.dist("fer-mine", {"mine": CLAIMS_LINEAR})
-    with pytest.raises(PluginError, match="head 'linear' is registered by both fer-core and fer-mine"):
-        PluginHost()
+    host = PluginHost()
+    assert host.registry.get("head", "linear").plugin == "fer-core"
+    assert "head 'linear' is registered by both fer-core and fer-mine" in by_name(host)["mine"].error
 
 
 def test_disabling_one_side_resolves_a_clash(tiny_impl):
@@ -365,10 +372,16 @@ def test_fer_plugins_in_strict_mode_fails_with_one_line(fake_plugins):
                              "No module named 'fer_no_such_dependency'\n")
 
 
-def test_fer_plugins_reports_a_clash_with_one_line(tiny_impl):
+def test_fer_plugins_reports_a_clash_and_keeps_working(tiny_impl):
     tiny_impl.dist("fer-tiny", {"tiny": GOOD})
     tiny_impl.dist("fer-copycat", {"copycat": CLAIMS_TINY})
-    result = CliRunner().invoke(main, ["plugins"])
-    assert result.exit_code == 2
-    assert result.stderr.startswith("error: head 'tiny' is registered by both fer-copycat and fer-tiny")
-    assert result.stderr.count("\n") == 1
+    result = CliRunner().invoke(main, ["plugins", "--json"])
+    assert result.exit_code == 0
+    listed = {p["name"]: p for p in json.loads(result.stdout)}
+    assert listed["tiny"]["status"] == "failed" and "registered by both" in listed["tiny"]["error"]
+    fer_core.plugins.reset()  # the host is cached per process
+    strict = CliRunner().invoke(main, ["plugins"], env={"FER_STRICT_PLUGINS": "1"})
+    assert strict.exit_code == 2
+    assert strict.stderr.startswith("error: plugin tiny (fer-tiny) name clash: head 'tiny' is registered by both "
+                                    "fer-copycat and fer-tiny")
+    assert strict.stderr.count("\n") == 1

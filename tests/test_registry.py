@@ -177,9 +177,9 @@ def test_freeze_is_read_by_the_core_not_passed_to_the_factory(registry):
 def test_a_factory_that_cannot_be_imported_names_its_plugin(registry):
     with pytest.raises(PluginError) as info:
         registry.build("head", {"name": "ghost"}, "model.head", HEAD_CONTEXT)
-    assert str(info.value) == ("head 'ghost' from fer-fake-heads cannot be loaded (fakeplug_not_there:build): "
+    assert str(info.value) == ("model.head 'ghost' (fer-fake-heads 1.0): target fakeplug_not_there:build cannot be loaded: "
                                "ModuleNotFoundError: No module named 'fakeplug_not_there'")
-    with pytest.raises(PluginError, match="head 'no_attr' from fer-fake-heads cannot be loaded .*AttributeError"):
+    with pytest.raises(PluginError, match="model.head 'no_attr' \\(fer-fake-heads 1.0\\): target .* cannot be loaded: AttributeError"):
         registry.check_params("head", {"name": "no_attr"}, "model.head")
 
 

@@ -60,6 +60,8 @@ def test_health_and_info(client, run_dir):
     assert info["classes"] == json.loads((run_dir / "report.json").read_text())["classes"]
     assert info["parameters"] > 0 and info["file_bytes"] > 0 and info["image_size"] == 32
     assert info["limits"]["max_bytes"] == MAX_BYTES
+    assert info["run"] == run_dir.name and info["file"] == "best.pt"  # names only: no path of the server's
+    assert str(run_dir.parent) not in json.dumps(info)
     page = client.get("/")
     assert page.status_code == 200 and 'type="file"' in page.text
 

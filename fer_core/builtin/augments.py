@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 from torchvision.transforms import v2
+
+from fer_core.constraints import OneOf, Range
 
 
 class SampleAugment(nn.Module):
@@ -26,37 +30,38 @@ def _uint8_policy(transform: nn.Module) -> nn.Module:
     return v2.Compose([v2.ToDtype(torch.uint8, scale=True), transform, v2.ToDtype(torch.float32, scale=True)])
 
 
-def resize(size: int = 224) -> SampleAugment:
+def resize(size: Annotated[int, Range(1, 4096)] = 224) -> SampleAugment:
     return SampleAugment(v2.Resize((size, size), antialias=True))
 
 
-def random_resized_crop(size: int = 224, scale: list[float] = (0.8, 1.0), ratio: list[float] = (0.9, 1.1)) -> SampleAugment:
+def random_resized_crop(size: Annotated[int, Range(1, 4096)] = 224, scale: list[float] = (0.8, 1.0), ratio: list[float] = (0.9, 1.1)) -> SampleAugment:
     return SampleAugment(v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), antialias=True))
 
 
-def hflip(p: float = 0.5) -> SampleAugment:
+def hflip(p: Annotated[float, Range(0, 1)] = 0.5) -> SampleAugment:
     return SampleAugment(v2.RandomHorizontalFlip(p))
 
 
-def rotation(degrees: float = 10.0) -> SampleAugment:
+def rotation(degrees: Annotated[float, Range(0, 180)] = 10.0) -> SampleAugment:
     return SampleAugment(v2.RandomRotation(degrees))
 
 
-def color_jitter(brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2, hue: float = 0.0) -> SampleAugment:
+def color_jitter(brightness: Annotated[float, Range(0, 10)] = 0.2, contrast: Annotated[float, Range(0, 10)] = 0.2,
+                 saturation: Annotated[float, Range(0, 10)] = 0.2, hue: Annotated[float, Range(0, 0.5)] = 0.0) -> SampleAugment:
     return SampleAugment(v2.ColorJitter(brightness, contrast, saturation, hue))
 
 
-def random_erasing(p: float = 0.25, scale: list[float] = (0.02, 0.2)) -> SampleAugment:
+def random_erasing(p: Annotated[float, Range(0, 1)] = 0.25, scale: list[float] = (0.02, 0.2)) -> SampleAugment:
     return SampleAugment(v2.RandomErasing(p, scale=tuple(scale)))
 
 
-def randaugment(num_ops: int = 2, magnitude: int = 9) -> SampleAugment:
+def randaugment(num_ops: Annotated[int, Range(0, 20)] = 2, magnitude: Annotated[int, Range(0, 30)] = 9) -> SampleAugment:
     return SampleAugment(_uint8_policy(v2.RandAugment(num_ops, magnitude)))
 
 
-def autoaugment(policy: str = "imagenet") -> SampleAugment:
+def autoaugment(policy: Annotated[str, OneOf("imagenet", "cifar10", "svhn")] = "imagenet") -> SampleAugment:
     return SampleAugment(_uint8_policy(v2.AutoAugment(v2.AutoAugmentPolicy(policy.lower()))))
 
 
-def grayscale(p: float = 0.1) -> SampleAugment:
+def grayscale(p: Annotated[float, Range(0, 1)] = 0.1) -> SampleAugment:
     return SampleAugment(v2.RandomGrayscale(p))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
+
+from fer_core.constraints import Range
 
 
 class IdentityEncoder(nn.Module):
@@ -48,7 +52,7 @@ class PatchEncoder(nn.Module):
         return patches.transpose(1, 2)
 
 
-def build_patches(patch_size: int = 8, image_size: int = 48, in_chans: int = 3) -> PatchEncoder:
+def build_patches(patch_size: Annotated[int, Range(1, 1024)] = 8, image_size: int = 48, in_chans: int = 3) -> PatchEncoder:
     from fer_core.errors import RecipeError
 
     if patch_size < 1 or image_size % patch_size:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from timm.layers import Mlp
 from torch import nn
+
+from fer_core.constraints import Range
 
 
 class LinearHead(nn.Module):
@@ -28,9 +32,10 @@ class MlpHead(nn.Module):
         return self.mlp(features)
 
 
-def build_linear(num_features: int, num_classes: int, dropout: float = 0.0) -> LinearHead:
+def build_linear(num_features: int, num_classes: int, dropout: Annotated[float, Range(0, 1, hi_open=True)] = 0.0) -> LinearHead:
     return LinearHead(num_features, num_classes, dropout)
 
 
-def build_mlp(num_features: int, num_classes: int, hidden: int = 512, dropout: float = 0.1) -> MlpHead:
+def build_mlp(num_features: int, num_classes: int, hidden: Annotated[int, Range(1, 65536)] = 512,
+              dropout: Annotated[float, Range(0, 1, hi_open=True)] = 0.1) -> MlpHead:
     return MlpHead(num_features, num_classes, hidden, dropout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from collections.abc import Sequence
 
 import torch
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_core.errors import RecipeError
+from fer_core.constraints import Range
 
 
 def class_weight_tensor(
@@ -43,7 +46,7 @@ class CrossEntropy(nn.Module):
 
 def build_cross_entropy(
     num_classes: int,
-    label_smoothing: float = 0.0,
+    label_smoothing: Annotated[float, Range(0, 1, hi_open=True)] = 0.0,
     class_weights: list[float] | str | None = None,
     class_counts: list[int] | None = None,
 ) -> CrossEntropy:

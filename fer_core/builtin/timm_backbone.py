@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import difflib
 
 import timm
@@ -9,6 +11,7 @@ import torch
 from torch import nn
 
 from fer_core.errors import FerError, RecipeError
+from fer_core.constraints import Range
 from fer_core.lora import add_lora, lora_settings
 
 
@@ -53,10 +56,10 @@ def build_timm(
     model: str = "resnet18",
     pretrained: bool = False,
     pretrained_file: str | None = None,
-    drop_rate: float = 0.0,
-    drop_path_rate: float | None = None,
+    drop_rate: Annotated[float, Range(0, 1, hi_open=True)] = 0.0,
+    drop_path_rate: Annotated[float | None, Range(0, 1, hi_open=True)] = None,
     grad_checkpointing: bool = False,
-    img_size: int | None = None,
+    img_size: Annotated[int | None, Range(8, 4096)] = None,
     normalize: bool = True,
     lora: dict | None = None,
     image_size: int = 224,

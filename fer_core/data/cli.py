@@ -173,6 +173,9 @@ def info(dir: Path, as_json: bool) -> None:
                       f"from {latent['source']}", highlight=False, soft_wrap=True)
     if summary["missing_shards"]:
         console.print(f"[red]missing shards:[/] {', '.join(summary['missing_shards'])}")
+    if summary.get("dropped_list"):
+        console.print(f"dropped items, each with its reason: {summary['dropped_list']}", highlight=False,
+                      soft_wrap=True)
 
 
 def _shard_span(shards: list[str]) -> str:

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fer_core.data.formats import load_format
-from fer_core.data.formats.base import SPLITS, EncodedImage, SkipSample, SourceSample, encode_png
+from fer_core.data.formats.base import SPLITS, Dropped, EncodedImage, SkipSample, SourceSample, encode_png
 from fer_core.data.shards import (DEFAULT_SHARD_SIZE, MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, SHARD_RE,
                                   SplitWriter, read_manifest, write_manifest)
 from fer_core.errors import DataError, FerError
@@ -36,6 +36,7 @@ DEFAULT_VAL_SPLIT = 0.1
 DEFAULT_TEST_SPLIT = 0.1  # only for sources without any split
 SYNTH_SPLITS = {"val": 0.15, "test": 0.15}
 MAX_KEY_LENGTH = 80
+DROPPED_LIST = "dropped.tsv"  # beside the manifest: every source item left out, and why
 
 
 def pack_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, format: str, *,
@@ -55,7 +56,7 @@ def pack_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, format: 
     module = load_format(format)
     if not source.exists():
         raise DataError(f"{source} does not exist; pass the downloaded {format} data set")
-    dropped: Counter = Counter()
+    dropped = Dropped()
     options = {"keep_unknown_classes": keep_unknown_classes} if format == "imagefolder" else {}
     with console.status(f"reading {source}", spinner="dots") if progress else nullcontext():
         samples = module.scan(source, dropped, **options)
@@ -156,6 +157,7 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
     if clear:
         _clear_out_dir(out_dir)
     classes = sorted({s.label for samples in splits.values() for s in samples})
+    listing = list(getattr(dropped, "listing", ()))
     dropped = Counter({"corrupt_image": 0, **dropped})
     channels, sizes, entries = set(), set(), {}
     with _progress_bar(console, progress) as bar:
@@ -165,6 +167,7 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
                 for sample, image in _read_in_order(samples, workers):
                     if isinstance(image, str):
                         dropped[image] += 1
+                        listing.append((sample.key, image))
                     else:
                         writer.write(sample.key, sample.label, {image.ext: image.data, **sample.extras})
                         channels.add(image.channels)
@@ -183,7 +186,18 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
         "seed": seed, "created_by": f"fer-core {__version__}",
     }
     write_manifest(out_dir, manifest)
+    write_dropped_list(out_dir, listing)
     return manifest
+
+
+def write_dropped_list(out_dir: Path, listing: list[tuple[str, str]]) -> None:
+    """``dropped.tsv`` beside the manifest: each source item left out, where it is and why."""
+    path = Path(out_dir) / DROPPED_LIST
+    if not listing:
+        path.unlink(missing_ok=True)
+        return
+    lines = ["source\treason", *(f"{where}\t{reason}" for where, reason in listing)]
+    path.write_text("\n".join(line.replace("\n", " ") for line in lines) + "\n", encoding="utf-8")
 
 
 # ---- summary ---------------------------------------------------------------------------------------------
@@ -198,6 +212,7 @@ def dataset_summary(dir: str | os.PathLike) -> dict:
         "total": {"count": sum(e["count"] for e in splits.values()), "bytes": sum(e["bytes"] for e in splits.values()),
                   "shards": sum(len(e["shards"]) for e in splits.values())},
         "missing_shards": missing,
+        "dropped_list": str(Path(dir) / DROPPED_LIST) if (Path(dir) / DROPPED_LIST).is_file() else None,
     }
 
 
@@ -305,8 +320,9 @@ def _clear_out_dir(out_dir: Path) -> None:
 
 
 def _ours(path: Path) -> bool:
-    """A shard, or a manifest temp file left by an interrupted write."""
-    return path.is_file() and bool(SHARD_RE.match(path.name) or path.name.startswith(".dataset-"))
+    """A shard, the dropped list, or a manifest temp file left by an interrupted write."""
+    return path.is_file() and bool(SHARD_RE.match(path.name) or path.name.startswith(".dataset-")
+                                   or path.name == DROPPED_LIST)
 
 
 def _dropped_note(dropped: Counter) -> str:

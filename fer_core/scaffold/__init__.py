@@ -92,7 +92,7 @@ def _check_free(names: PluginNames, kind: str) -> None:
 
     from fer_core.plugins import get_registry
 
-    taken = get_registry().components[kind].get(names.component)
+    taken = get_registry().find(kind, names.component)
     if taken is not None:
         raise FerError(f"{kind} '{names.component}' is already registered by {taken.plugin}; choose another name")
     try:

@@ -18,7 +18,7 @@ import yaml
 from torch import nn
 
 from fer_core.errors import FerError
-from fer_core.registry import Registry
+from fer_core.registry import Registry, normal_dist
 from fer_core.testing.subject import Case, ConformanceError, Report, Subject, one_line, same, tensors, to_device
 
 CHECK_NAMES = ("registered", "parameters", "builds", "shapes", "devices", "state_dict", "pickle", "gradients",
@@ -28,18 +28,14 @@ VALUE_CHECKS = ("pickle", "determinism")  # need real values: skipped with meta=
 
 # -- the checks, in order ------------------------------------------------------
 def check_registered(s: Subject) -> str | None:
-    table = s.registry.components[s.kind]
-    if s.name not in table:
+    found = s.registry.find(s.kind, s.name)
+    if found is None:
         installed = ", ".join(s.registry.names(s.kind)) or "none"
         s.fail(f"is not registered; installed {s.kind}s: {installed}{_host_failures(s)}")
-    s.component = table[s.name]
-    if s.plugin and _normal(s.component.plugin) != _normal(s.plugin):
+    s.component = found
+    if s.plugin and normal_dist(s.component.plugin) != normal_dist(s.plugin):
         s.fail(f"is registered by {s.component.plugin}, not by {s.plugin}")
     return None
-
-
-def _normal(dist: str) -> str:
-    return dist.lower().replace("_", "-")
 
 
 def _host_failures(s: Subject) -> str:

@@ -7,7 +7,7 @@ import sys
 from importlib import metadata
 
 from fer_core.plugins import GROUP, PluginHost
-from fer_core.registry import Component
+from fer_core.registry import Component, normal_dist
 from fer_core.testing.subject import ConformanceError
 
 IMPORTS_TORCH = "import sys, importlib; importlib.import_module({module!r}); print('torch' in sys.modules)"
@@ -23,12 +23,12 @@ def check_plugin(dist: str) -> list[Component]:
     * importing its hook module does not import torch, so ``fer plugins`` stays instant.
     """
     label = f"plugin {dist}"
-    points = [ep for ep in metadata.entry_points(group=GROUP) if ep.dist and _normal(ep.dist.name) == _normal(dist)]
+    points = [ep for ep in metadata.entry_points(group=GROUP) if ep.dist and normal_dist(ep.dist.name) == normal_dist(dist)]
     if not points:
         raise ConformanceError(f"{label}: no entry point in group '{GROUP}' is installed; add "
                                f"[project.entry-points.{GROUP}] to pyproject.toml and pip install the package")
     host = PluginHost(env={"FER_PLUGINS": dist, "FER_STRICT_PLUGINS": ""})
-    infos = [p for p in host.plugins if _normal(p.dist) == _normal(dist)]
+    infos = [p for p in host.plugins if normal_dist(p.dist) == normal_dist(dist)]
     for info in infos:
         if info.status != "loaded":
             raise ConformanceError(f"{label}: entry point {info.name} {info.status}: {info.error}")
@@ -50,7 +50,3 @@ def check_plugin(dist: str) -> list[Component]:
             raise ConformanceError(f"{label}: importing its hook module {ep.value} imports torch; import torch "
                                    f"only in the modules that the 'module:factory' targets name")
     return components
-
-
-def _normal(name: str) -> str:
-    return name.lower().replace("_", "-")

@@ -41,21 +41,22 @@ def scan(source: Path, dropped: Counter) -> list[SourceSample]:
         dropped.setdefault(reason, 0)
     samples = []
     for name, split in LISTS.items():
-        for row in read_csv(source / name, COLUMNS):
+        for index, row in enumerate(read_csv(source / name, COLUMNS)):
+            rel = (row.get("subDirectory_filePath") or "").strip()
+            where = f"{name} data row {index + 1} ({rel})"
             parsed = _parse(row)
             if parsed is None:
-                dropped["bad_label"] += 1
+                dropped.add("bad_label", where)
                 continue
             expression, box, va = parsed
             if expression in DROPPED:
-                dropped[DROPPED[expression]] += 1
+                dropped.add(DROPPED[expression], where)
                 continue
             if not 0 <= expression < len(EMOTIONS):
-                dropped["bad_label"] += 1
+                dropped.add("bad_label", where)
                 continue
-            rel = row["subDirectory_filePath"].strip()
             if not (image_root / rel).is_file():  # checked now so that splitting sees only images that exist
-                dropped["missing_image"] += 1
+                dropped.add("missing_image", image_root / rel)
                 continue
             extras = {"va.json": json.dumps(va).encode()}
             reader = crop_reader(image_root / rel, box)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,3 +136,15 @@ def crop_reader(path: Path, box: tuple[int, int, int, int]) -> Callable[[], Enco
         return encode_jpg(crop) if image.format == "JPEG" else encode_png(crop)
 
     return read
+
+
+class Dropped(Counter):
+    """Source items left out of a pack: counts per reason, and each item (where it is, why)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listing: list[tuple[str, str]] = []
+
+    def add(self, reason: str, where: str | Path) -> None:
+        self[reason] += 1
+        self.listing.append((str(where), reason))

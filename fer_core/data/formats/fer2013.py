@@ -33,12 +33,13 @@ def scan(source: Path, dropped: Counter) -> list[SourceSample]:
         split = usage_split(row["Usage"])
         label = _emotion(row["emotion"])
         pixels = parse_pixels(row["pixels"])
+        where = f"{CSV_NAME} data row {index + 1}"
         if split is None:
-            dropped["bad_usage"] += 1
+            dropped.add("bad_usage", where)
         elif label is None:
-            dropped["bad_label"] += 1
+            dropped.add("bad_label", where)
         elif pixels is None:
-            dropped["corrupt_image"] += 1
+            dropped.add("corrupt_image", where)
         else:
             samples.append(SourceSample(image_key(index), label, split, pixels_reader(pixels)))
     return samples

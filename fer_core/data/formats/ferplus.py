@@ -36,29 +36,30 @@ def scan(source: Path, dropped: Counter) -> list[SourceSample]:
     label_rows = read_csv(labels_csv, ("Usage", "Image name", *VOTE_COLUMNS))
     pixel_rows = read_csv(pixels_csv, ("pixels",))
     samples = []
-    for votes_row in label_rows:
+    for index, votes_row in enumerate(label_rows):
+        where = f"{LABELS_NAME} data row {index + 1}"
         pixel_row = next(pixel_rows, None)
         if pixel_row is None:
             raise DataError(f"{labels_csv} has more rows than {pixels_csv}; the two files must be row-aligned")
         name = votes_row["Image name"].strip()
         if not name:
-            dropped["no_image_name"] += 1
+            dropped.add("no_image_name", where)
             continue
         split = usage_split(votes_row["Usage"])
         votes = _votes(votes_row)
         if split is None:
-            dropped["bad_usage"] += 1
+            dropped.add("bad_usage", f"{where} ({name})")
             continue
         if votes is None:
-            dropped["bad_label"] += 1
+            dropped.add("bad_label", f"{where} ({name})")
             continue
         winner = majority(votes)
         if winner in ("unknown", "NF", None):
-            dropped["tie" if winner is None else "unknown_or_nf"] += 1
+            dropped.add("tie" if winner is None else "unknown_or_nf", f"{where} ({name})")
             continue
         pixels = parse_pixels(pixel_row["pixels"])
         if pixels is None:
-            dropped["corrupt_image"] += 1
+            dropped.add("corrupt_image", f"{where} ({name})")
             continue
         emotion_votes = {EMOTION_COLUMNS[c]: votes[c] for c in EMOTION_COLUMNS}
         extras = {"votes.json": json.dumps(emotion_votes, sort_keys=True).encode()}

@@ -41,11 +41,11 @@ def scan(source: Path, dropped: Counter) -> list[SourceSample]:
         stem = Path(name).stem
         split = "train" if stem.startswith("train") else "test" if stem.startswith("test") else None
         if label is None or split is None:
-            dropped["bad_label"] += 1
+            dropped.add("bad_label", name)
             continue
         path = image_dir / (f"{stem}_aligned.jpg" if aligned else name)
         if not path.is_file():  # checked now so that splitting sees only images that exist
-            dropped["missing_image"] += 1
+            dropped.add("missing_image", path)
             continue
         samples.append(SourceSample(safe_key(stem), label, split, file_reader(path)))
     return samples
