@@ -99,7 +99,7 @@ ERRORS = [
      "model.backbone.depht: unknown parameter of 'latent_vit'; did you mean 'depth'? (accepted: embed_dim, depth, heads)"),
     ("model: {backbone: {name: timm, modle: resnet18}}", (),
      "model.backbone.modle: unknown parameter of 'timm'; did you mean 'model'? (accepted: model, pretrained, "
-     "pretrained_file, drop_rate, drop_path_rate, grad_checkpointing, img_size, normalize)"),
+     "pretrained_file, drop_rate, drop_path_rate, grad_checkpointing, img_size, normalize, lora)"),
     ("augment: {sample: [{name: hflip, pp: 0.5}]}", (),
      "augment.sample[0].pp: unknown parameter of 'hflip'; did you mean 'p'? (accepted: p)"),
     ("augment: {batch: [{name: cutmix}]}", (), "augment.batch[0].name: unknown augment 'cutmix'; installed: <augment>; "
