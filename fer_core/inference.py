@@ -32,7 +32,7 @@ def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cp
     if recipe.get("task") == "pretrain":
         raise CheckpointError(f"{path}: a pretraining run (task: pretrain) has no classifier; run `fer generate` on it, "
                               f"or train a classifier on its encoder (model.encoder.checkpoint, see "
-                              f"recipes/vaegan-latentvit.yaml)")
+                              f"`fer recipe show vaegan-latentvit`)")
     torch.manual_seed(recipe["seed"])  # frozen random encoders are rebuilt identically
     model = build_model(recipe, get_registry(), classes)
     load_model_state(recipe, model, state["ema"] if use_ema and state.get("ema") else state["model"])
