@@ -92,9 +92,11 @@ def built(tmp_path_factory):
         copies.append(copy)
     wheels, sdists = work / "wheels", work / "sdists"
     run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels, *copies)
-    script = ("import os, sys\nfrom setuptools import build_meta\n"
-              "for d in sys.argv[2:]:\n    os.chdir(d); build_meta.build_sdist(sys.argv[1])\n")
-    run(sys.executable, "-c", script, sdists, *copies)
+    sdist = f"from setuptools import build_meta; build_meta.build_sdist({str(sdists)!r})"
+    builds = [subprocess.Popen([sys.executable, "-c", sdist], cwd=copy, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True) for copy in copies]  # one process each
+    for build in builds:
+        assert build.wait(timeout=300) == 0, build.stderr.read()[-3000:]
     return wheels, sdists
 
 
@@ -169,7 +171,7 @@ def test_full_install_lists_recipes_and_plugins_and_runs_the_quickstart(full_ven
     assert rows["quickstart"]["origin"] == "fer-core" and rows["vaegan-pretrain"]["origin"] == "fer-vaegan"
     assert all(str(full_venv) in row["file"] for row in rows.values())  # the installed files, not the checkout
     plugins = {p["name"]: p for p in json.loads(run(fer, "plugins", "--json", cwd=outside, env=env).stdout)}
-    assert {p["dist"] for p in plugins.values()} == set(PROJECTS)
+    assert {p["distribution"] for p in plugins.values()} == set(PROJECTS)
     assert all(p["status"] == "loaded" for p in plugins.values()), plugins
     timings = []
     for _ in range(3):
