@@ -52,10 +52,11 @@ def run(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
     return out
 
 
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]  # installs into venvs made --without-pip
+
+
 def pip(venv: Path, *args) -> subprocess.CompletedProcess:
-    """This environment's pip installing into ``venv`` (made --without-pip: faster, and smaller)."""
-    return run(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "--disable-pip-version-check",
-               "install", "-q", *args)
+    return run(*PIP, "--python", venv / "bin" / "python", "install", "-q", *args)
 
 
 def clean_env() -> dict[str, str]:
@@ -91,13 +92,27 @@ def built(tmp_path_factory):
         shutil.copytree(source, copy, ignore=not_copied)
         copies.append(copy)
     wheels, sdists = work / "wheels", work / "sdists"
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels, *copies)
     sdist = f"from setuptools import build_meta; build_meta.build_sdist({str(sdists)!r})"
     builds = [subprocess.Popen([sys.executable, "-c", sdist], cwd=copy, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True) for copy in copies]  # one process each
+                               stderr=subprocess.PIPE, text=True) for copy in copies]  # beside the wheels
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels, *copies)
     for build in builds:
         assert build.wait(timeout=300) == 0, build.stderr.read()[-3000:]
     return wheels, sdists
+
+
+@pytest.fixture(scope="module")
+def infer_install(built, tmp_path_factory):
+    """The torch-free venv, installed in the background (mostly waiting on the package index) while the
+    full install trains; the test that uses it waits for it."""
+    wheels, _ = built
+    venv = tmp_path_factory.mktemp("infer") / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    core = next(wheels.glob("fer_core-*.whl"))
+    install = subprocess.Popen([*PIP, "--python", venv / "bin" / "python", "install", "-q", f"{core}[infer]"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    yield venv, install
+    install.kill()
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +138,7 @@ def wheel_files(wheel: Path) -> set[str]:
         return set(z.namelist())
 
 
-def test_every_distribution_ships_licence_types_urls_and_its_tests(built):
+def test_every_distribution_ships_licence_types_urls_and_its_tests(built, infer_install):
     wheels, sdists = built
     assert len(list(wheels.glob("*.whl"))) == len(list(sdists.glob("*.tar.gz"))) == len(PROJECTS)
     for name, source in PROJECTS.items():
@@ -179,6 +194,8 @@ def test_full_install_lists_recipes_and_plugins_and_runs_the_quickstart(full_ven
         run(fer, "plugins", cwd=outside, env=env)
         timings.append(time.perf_counter() - start)
     print(f"\nfer plugins from the wheel install: best of 3 {min(timings):.2f} s")
+    size = run(full_venv / "bin" / "python", "-c", INSTALLED_BYTES, env=env).stdout.split()
+    print(f"full install: {int(size[0]) / 1e9:.2f} GB of installed distributions ({int(size[1]) / 1e6:.1f} MB fer)")
     print(run(fer, "recipe", "list", cwd=outside, env={**env, "COLUMNS": "160"}).stdout)
 
     run_dir, model = exported
@@ -188,12 +205,10 @@ def test_full_install_lists_recipes_and_plugins_and_runs_the_quickstart(full_ven
     assert model.stat().st_size > 100_000
 
 
-def test_torch_free_install_predicts_and_serves_an_exported_model(built, exported, tmp_path):
+def test_torch_free_install_predicts_and_serves_an_exported_model(infer_install, exported, tmp_path):
     _, model = exported
-    wheels, _ = built
-    venv = tmp_path / "infer"
-    run(sys.executable, "-m", "venv", "--without-pip", venv)
-    pip(venv, f"{next(wheels.glob('fer_core-*.whl'))}[infer]")  # the one documented command, from the wheel
+    venv, install = infer_install  # pip install "fer-core[infer]": the one documented command, from the wheel
+    assert install.wait(timeout=600) == 0, install.stderr.read()[-3000:]
     python, fer, env = venv / "bin" / "python", venv / "bin" / "fer", clean_env()
     assert run(python, "-c", "import importlib.util as u; print(u.find_spec('torch'))", env=env).stdout == "None\n"
 
@@ -219,6 +234,14 @@ def test_torch_free_install_predicts_and_serves_an_exported_model(built, exporte
     size = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink())
     print(f"\ntorch-free venv: {size / 1e6:.0f} MB")
     assert size < 300e6
+
+
+INSTALLED_BYTES = """
+from importlib import metadata
+sizes = {d.name: sum(f.locate().stat().st_size for f in d.files or () if f.locate().is_file())
+         for d in metadata.distributions()}
+print(sum(sizes.values()), sum(v for k, v in sizes.items() if k.startswith("fer")))
+"""
 
 
 def free_port() -> int:
