@@ -32,8 +32,9 @@ class FerGroup(click.Group):
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            message = (str(exc) if isinstance(exc, FerError) else _missing_torch(exc)
-                       or f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+            message = _missing_torch(exc) or (
+                str(exc) if isinstance(exc, FerError)
+                else f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
             err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
@@ -43,8 +44,10 @@ TORCH_STACK = {"torch", "torchvision", "timm", "torchmetrics", "webdataset", "sa
 
 
 def _missing_torch(exc: Exception) -> str | None:
-    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in TORCH_STACK:
-        return (f"this command needs PyTorch and fer-core's training stack ({exc.name} is not installed): "
+    """The extra to install when ``exc`` is (or was caused by, e.g. a component that cannot load) a missing torch."""
+    cause = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__
+    if isinstance(cause, ModuleNotFoundError) and (cause.name or "").split(".")[0] in TORCH_STACK:
+        return (f"this command needs PyTorch and fer-core's training stack ({cause.name} is not installed): "
                 f"pip install 'fer-core[torch]'")
     return None
 
