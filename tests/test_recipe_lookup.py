@@ -15,7 +15,7 @@ from fer_core.cli import main
 from fer_core.errors import RecipeError
 from fer_core.plugins import get_registry
 from fer_core.recipe import load_recipe
-from fer_core.recipes import locate, packaged
+from fer_core.recipes import find, locate, shipped
 
 CORE_RECIPES = Path(fer_core.recipes.__file__).parent
 
@@ -46,7 +46,8 @@ def make_package(root: Path, package: str, recipes: dict[str, str]) -> None:
 
 
 def test_every_packaged_recipe_validates_and_describes_itself():
-    recipes = packaged()
+    recipes = {r.name: r for r in shipped()}
+    assert len(recipes) == len(shipped())
     core = {p.stem for p in CORE_RECIPES.glob("*.yaml")}
     assert core <= set(recipes) and "quickstart" in core and len(core) >= 10
     assert {"vaegan-pretrain", "vaegan-pretrain-synth", "vaegan-latentvit"} <= set(recipes)
@@ -132,8 +133,7 @@ def test_plugins_ship_recipes_found_without_importing_them(tmp_path, monkeypatch
                                            "shipped-more": "extends: shipped\ntrain: {epochs: 1}\n"})
     monkeypatch.syspath_prepend(str(tmp_path))
     fake_entry_points(monkeypatch, {"fer-shipper": "fer_shipper", "fer-broken": "no_such_module"})
-    recipes = packaged()
-    assert recipes["shipped"].origin == "fer-shipper" and recipes["quickstart"].origin == "fer-core"
+    assert find("shipped").origin == "fer-shipper" and find("quickstart").origin == "fer-core"
     assert load_recipe("shipped-more")["train"]["epochs"] == 1
     rows = {row["name"]: row for row in json.loads(fer("recipe", "list", "--json").output)}
     assert rows["shipped"]["origin"] == "fer-shipper" and rows["shipped"]["description"] == ""
@@ -143,5 +143,9 @@ def test_a_recipe_name_shipped_twice_names_both_distributions(tmp_path, monkeypa
     make_package(tmp_path, "fer_clash", {"quickstart": "name: quickstart\n"})
     monkeypatch.syspath_prepend(str(tmp_path))
     fake_entry_points(monkeypatch, {"fer-clash": "fer_clash"})
-    with pytest.raises(RecipeError, match="recipe 'quickstart' is shipped by both fer-core and fer-clash"):
-        packaged()
+    assert [r.origin for r in shipped() if r.name == "quickstart"] == ["fer-core", "fer-clash"]
+    with pytest.raises(RecipeError, match="recipe 'quickstart' is shipped by both fer-core .* and fer-clash "):
+        find("quickstart")
+    assert "run the one you mean by its path" in one_line_error(fer("run", "quickstart"))
+    assert fer("recipe", "check", CORE_RECIPES / "quickstart.yaml").exit_code == 0  # by path: no ambiguity
+    assert find("vit-tiny").origin == "fer-core"  # other names are unaffected

@@ -52,17 +52,19 @@ def recipe_folders() -> list[tuple[str, Path]]:
     return folders
 
 
-def packaged() -> dict[str, Packaged]:
-    """Every shipped recipe by name; a name shipped twice is an error naming both origins."""
-    found: dict[str, Packaged] = {}
-    for origin, folder in recipe_folders():
-        for path in sorted(folder.glob(f"*{SUFFIX}")):
-            recipe = Packaged(path.stem, path, origin)
-            if recipe.name in found:
-                raise RecipeError(f"recipe {recipe.name!r} is shipped by both {found[recipe.name].origin} and "
-                                  f"{origin}; uninstall one, or `fer recipe copy` it and use the file")
-            found[recipe.name] = recipe
-    return found
+def shipped() -> list[Packaged]:
+    """Every shipped recipe: fer-core's, then each plugin's (a name may appear twice: see ``find``)."""
+    return [Packaged(path.stem, path, origin) for origin, folder in recipe_folders()
+            for path in sorted(folder.glob(f"*{SUFFIX}"))]
+
+
+def find(name: str, recipes: list[Packaged] | None = None) -> Packaged | None:
+    """The shipped recipe called ``name``, None if there is none; a name shipped twice is an error."""
+    matches = [r for r in (shipped() if recipes is None else recipes) if r.name == name]
+    if len(matches) > 1:
+        raise RecipeError(f"recipe {name!r} is shipped by both {matches[0].origin} ({matches[0].path}) and "
+                          f"{matches[1].origin} ({matches[1].path}); run the one you mean by its path")
+    return matches[0] if matches else None
 
 
 def packaged_name(reference: str | Path) -> str | None:
@@ -84,10 +86,11 @@ def locate(reference: str | Path, near: Path | None = None, context: str = "") -
         if candidate.is_file():
             return candidate
     name = packaged_name(reference)
-    recipes = packaged()
-    if name in recipes:
-        return recipes[name].path
+    recipes = shipped()
+    found = find(name, recipes) if name else None
+    if found is not None:
+        return found.path
     looked = f"looked in {near} and the packaged recipes" if near is not None else "nor a packaged recipe"
-    hint = suggest(name, list(recipes)) if name else ""
+    hint = suggest(name, [r.name for r in recipes]) if name else ""
     raise RecipeError(f"{context}{reference}: recipe file not found, {looked} "
                       f"(`fer recipe list` shows them){hint}")

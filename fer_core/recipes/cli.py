@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fer_core.errors import FerError, RecipeError
-from fer_core.recipes import Packaged, packaged, packaged_name
+from fer_core.recipes import Packaged, find, packaged_name, shipped
 from fer_core.registry import suggest
 
 FILE_KEYS = ("checkpoint", "pretrained_file")  # component parameters that name a file to provide
@@ -71,7 +71,7 @@ def recipe_list(as_json: bool) -> None:
     from fer_core.plugins import get_registry
 
     registry = get_registry()
-    rows = [describe(recipe, registry) for recipe in packaged().values()]
+    rows = [describe(recipe, registry) for recipe in shipped()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -93,12 +93,11 @@ def recipe_list(as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Overwrite DEST if it exists.")
 def recipe_copy(name: str, dest: str | None, force: bool) -> None:
     """Write the packaged recipe NAME to DEST (default ./NAME.yaml) to edit it."""
-    recipes = packaged()
-    key = packaged_name(name)
-    if key not in recipes:
+    recipes = shipped()
+    recipe = find(packaged_name(name) or name, recipes)
+    if recipe is None:
         raise RecipeError(f"{name}: no packaged recipe of that name (`fer recipe list` shows them)"
-                          f"{suggest(key or name, list(recipes))}")
-    recipe = recipes[key]
+                          f"{suggest(packaged_name(name) or name, [r.name for r in recipes])}")
     target = Path(dest) if dest else Path(f"{recipe.name}.yaml")
     if target.is_dir():
         target = target / recipe.path.name
