@@ -130,13 +130,17 @@ def test_unknown_names_are_one_line_errors_with_a_suggestion(tmp_path, monkeypat
 
 def test_plugins_ship_recipes_found_without_importing_them(tmp_path, monkeypatch):
     make_package(tmp_path, "fer_shipper", {"shipped": "extends: quickstart\nname: shipped\n",
-                                           "shipped-more": "extends: shipped\ntrain: {epochs: 1}\n"})
+                                           "shipped-more": "extends: shipped\ntrain: {epochs: 1}\n",
+                                           "shipped-broken": "extends: nowhere\n"})
     monkeypatch.syspath_prepend(str(tmp_path))
     fake_entry_points(monkeypatch, {"fer-shipper": "fer_shipper", "fer-broken": "no_such_module"})
     assert find("shipped").origin == "fer-shipper" and find("quickstart").origin == "fer-core"
     assert load_recipe("shipped-more")["train"]["epochs"] == 1
     rows = {row["name"]: row for row in json.loads(fer("recipe", "list", "--json").output)}
     assert rows["shipped"]["origin"] == "fer-shipper" and rows["shipped"]["description"] == ""
+    assert rows["shipped-broken"]["needs"]["error"][0].startswith("shipped-broken.yaml: extends: nowhere: ")
+    table = fer("recipe", "list")
+    assert table.exit_code == 0 and "shipped-broken" in table.output and "error: " in table.output
 
 
 def test_a_recipe_name_shipped_twice_names_both_distributions(tmp_path, monkeypatch):

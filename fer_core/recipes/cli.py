@@ -18,6 +18,7 @@ from fer_core.recipes import Packaged, find, packaged_name, shipped
 from fer_core.registry import suggest
 
 FILE_KEYS = ("checkpoint", "pretrained_file")  # component parameters that name a file to provide
+LABELS = {"data": "data", "files": "file", "plugins": "plugin", "error": "error"}  # needs -> table lines
 
 
 def needs(recipe: Packaged, registry) -> dict[str, list[str]]:
@@ -57,11 +58,16 @@ def _components(chain: Mapping[str, Any]):
 
 
 def describe(recipe: Packaged, registry) -> dict[str, Any]:
+    """One row of ``fer recipe list``; a recipe that does not load shows its error instead of its needs."""
     from fer_core.recipe import read_yaml
 
-    text = read_yaml(recipe.path).get("description", "")
-    return {"name": recipe.name, "origin": recipe.origin, "description": " ".join(str(text).split()),
-            "needs": needs(recipe, registry), "file": str(recipe.path)}
+    row = {"name": recipe.name, "origin": recipe.origin, "description": "", "file": str(recipe.path)}
+    try:
+        row["description"] = " ".join(str(read_yaml(recipe.path).get("description", "")).split())
+        row["needs"] = needs(recipe, registry)
+    except RecipeError as exc:
+        row["needs"] = {"error": [str(exc)]}
+    return row
 
 
 @click.command("list")
@@ -79,9 +85,7 @@ def recipe_list(as_json: bool) -> None:
     for column in ("recipe", "from", "description", "needs"):
         table.add_column(column)
     for row in rows:
-        need = row["needs"]
-        lines = [f"data: {d}" for d in need["data"]] + [f"file: {f}" for f in need["files"]]
-        lines += [f"plugin: {p}" for p in need["plugins"]]
+        lines = [f"{LABELS[key]}: {value}" for key, values in row["needs"].items() for value in values]
         table.add_row(escape(row["name"]), escape(row["origin"]), escape(row["description"]),
                       escape("\n".join(lines)))
     Console().print(table)
