@@ -224,6 +224,14 @@ def test_torch_free_install_predicts_and_serves_an_exported_model(infer_install,
     try:
         info = json.loads(get(f"http://127.0.0.1:{port}/info", server))
         assert info["format"] == "onnx" and len(info["classes"]) == 7
+        boundary = "fer-test-boundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"face.png\"\r\n"
+                f"Content-Type: image/png\r\n\r\n").encode() + face.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body, headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            (served,) = json.loads(response.read())
+        assert served["label"] == result["label"] and set(served["probabilities"]) == set(info["classes"])
     finally:
         server.terminate()
         server.wait(timeout=30)
