@@ -14,17 +14,17 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools
-	$(PY) -m pip install -q -e '.[test,serve,onnx,lora]' $(foreach p,$(PLUGINS),-e $(p))
+	$(PY) -m pip install -q -e '.[torch,test,serve,onnx,lora]' $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
 demo: install
 	$(FER) plugins
-	$(FER) recipe check recipes/quickstart.yaml
-	$(FER) run recipes/quickstart.yaml
+	$(FER) recipe check quickstart
+	$(FER) run quickstart
 
 test: install
 	-sh scripts/install-browser.sh
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: install
 	$(PY) benchmarks/cli_startup.py

@@ -6,7 +6,7 @@ val and test splits are copied untouched, so the evaluation stays balanced. SOUR
 first (2800 faces at 48 px, seed 0) when it is missing.
 
     python benchmarks/imbalanced_synth.py                         # data/synth -> data/synth-imbalanced
-    fer study recipes/studies/focal-cutmix-synth.yaml
+    fer study fer_core/recipes/studies/focal-cutmix-synth.yaml
 """
 
 from __future__ import annotations

@@ -37,14 +37,28 @@ class FerGroup(click.Group):
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            message = str(exc)
+            missing = _missing_torch(exc)
+            message = missing or str(exc)
             if "\n" in message:  # one line, whatever the exception held
                 message = " ".join(message.split())
-            if not isinstance(exc, FerError):
+            if not isinstance(exc, FerError) and not missing:
                 message = (f"internal error: {type(exc).__name__}: {clip(message, 200)} "
                            f"(rerun with --debug for the traceback)")
             err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             sys.exit(2)
+
+
+# fer-core's `torch` extra: a torch-free install (`fer-core[infer]`) predicts and serves .onnx models only.
+TORCH_STACK = {"torch", "torchvision", "timm", "torchmetrics", "webdataset", "safetensors", "matplotlib", "tensorboard"}
+
+
+def _missing_torch(exc: Exception) -> str | None:
+    """The extra to install when ``exc`` is (or was caused by, e.g. a component that cannot load) a missing torch."""
+    cause = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__
+    if isinstance(cause, ModuleNotFoundError) and (cause.name or "").split(".")[0] in TORCH_STACK:
+        return (f"this command needs PyTorch and fer-core's training stack ({cause.name} is not installed): "
+                f"pip install 'fer-core[torch]'")
+    return None
 
 
 @click.group(cls=FerGroup)
@@ -87,7 +101,7 @@ def plugins(as_json: bool) -> None:
 
 @main.group()
 def recipe() -> None:
-    """Check and show recipes."""
+    """List, copy, check and show recipes; RECIPE is a file or a packaged name (`fer recipe list`)."""
 
 
 def _load(path: str, overrides: tuple[str, ...]) -> dict:
@@ -291,6 +305,7 @@ def _add_subcommands() -> None:
     from fer_core.scaffold.cli import plugin
     from fer_core.serve.cli import export, serve
     from fer_core.generate import generate
+    from fer_core.recipes.cli import recipe_copy, recipe_list
     from fer_core.study import study
 
     main.add_command(data)
@@ -299,6 +314,8 @@ def _add_subcommands() -> None:
     main.add_command(export)
     main.add_command(study)
     main.add_command(generate)
+    recipe.add_command(recipe_list)
+    recipe.add_command(recipe_copy)
 
 
 _add_subcommands()

@@ -33,7 +33,7 @@ def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cp
     if recipe.get("task") == "pretrain":
         raise CheckpointError(f"{path}: a pretraining run (task: pretrain) has no classifier; run `fer generate` on it, "
                               f"or train a classifier on its encoder (model.encoder.checkpoint, see "
-                              f"recipes/vaegan-latentvit.yaml)")
+                              f"`fer recipe show vaegan-latentvit`)")
     torch.manual_seed(recipe["seed"])  # frozen random encoders are rebuilt identically
     with recorded(state.get("versions")):  # a missing plugin is named with the version it recorded
         model = build_model(recipe, get_registry(), classes)

@@ -97,7 +97,7 @@ class OnnxPredictor:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise FerError("running an .onnx model needs onnxruntime: pip install 'fer-core[onnx]'") from None
+            raise FerError("running an .onnx model needs onnxruntime: pip install 'fer-core[infer]'") from None
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: no such ONNX file")

@@ -293,7 +293,7 @@ def load_pretrained(run_or_checkpoint: str | Path, device: str | torch.device = 
     recipe = state["recipe"]
     if recipe.get("task") != "pretrain" or "pretrain" not in state:
         raise CheckpointError(f"{path}: not a pretraining run (task: {recipe.get('task')}); fer generate needs "
-                              f"the run of a `task: pretrain` recipe such as recipes/vaegan-pretrain.yaml")
+                              f"the run of a `task: pretrain` recipe such as vaegan-pretrain (`fer recipe list`)")
     torch.manual_seed(recipe["seed"])
     encoder = build_encoder(recipe)
     encoder.load_state_dict(state["model"])

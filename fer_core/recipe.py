@@ -17,6 +17,7 @@ import yaml
 from fer_core import safe_yaml, schema
 from fer_core.constraints import clip, short
 from fer_core.errors import RecipeError
+from fer_core.recipes import locate
 from fer_core.registry import Registry, suggest
 from fer_core.schema import Component, ComponentList, Key, Section
 
@@ -66,8 +67,8 @@ def _renamed(path: tuple[str, ...], old: Mapping[str, Any], new: Mapping[str, An
 
 
 def load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a recipe and everything it ``extends`` (relative to the file), merged."""
-    path = path.resolve()
+    """Read a recipe and everything it ``extends`` (files beside it, else packaged names), merged."""
+    path = locate(path).resolve()
     if path in seen:
         chain = " -> ".join(p.name for p in (*seen, path))
         raise RecipeError(f"extends: cycle {chain}")
@@ -79,9 +80,7 @@ def load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise RecipeError(f"{path.name}: extends: expected a file name or a list of them, got {short(parents)}")
     merged: dict[str, Any] = {}
     for parent in parents:
-        parent_path = path.parent / str(parent)
-        if not parent_path.is_file():
-            raise RecipeError(f"{path.name}: extends: {parent} not found (looked in {path.parent})")
+        parent_path = locate(parent, near=path.parent, context=f"{path.name}: extends: ")
         merged = deep_merge(merged, load_chain(parent_path, (*seen, path)))
     return deep_merge(merged, data)
 

@@ -96,3 +96,24 @@ def test_fer_plugins_table_lists_the_builtins():
     assert result.exit_code == 0
     for text in ("builtin", "fer-core", fer_core.__version__, "loaded", "identity", "timm", "cross_entropy"):
         assert text in result.stdout
+
+
+def test_a_command_that_needs_torch_says_which_extra_installs_it(tmp_path):
+    """A torch-free install (fer-core[infer]) lists and checks recipes; training names the extra to install."""
+    script = textwrap.dedent("""
+        import sys
+        for name in ("torch", "torchvision", "timm"):
+            sys.modules[name] = None  # as if not installed: importing them raises ModuleNotFoundError
+        from click.testing import CliRunner
+        from fer_core.cli import main
+        listed = CliRunner().invoke(main, ["recipe", "copy", "quickstart", sys.argv[1]])
+        assert listed.exit_code == 0, listed.output
+        for command in (["run", "quickstart"], ["recipe", "check", "quickstart"]):
+            result = CliRunner().invoke(main, command)
+            print(result.exit_code, result.output.strip())
+    """)
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "q.yaml")], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == 2 * ("2 error: this command needs PyTorch and fer-core's training stack (torch is not "
+                              "installed): pip install 'fer-core[torch]'\n")

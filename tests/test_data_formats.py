@@ -179,3 +179,36 @@ def test_affectnet_crops_and_drops(tmp_path):
     inner = np.asarray(image, np.float32)[4:-4, 4:-4]  # away from the JPEG edge blur
     assert np.abs(inner.mean((0, 1)) - (200, 30, 30)).max() < 8
     assert json.loads(happy["va.json"]) == {"valence": 0.5, "arousal": -0.25}
+
+
+@pytest.mark.parametrize("images", ["Manually_Annotated_Images", "Manually_Annotated/Manually_Annotated_Images"])
+def test_affectnet_release_layout_as_unpacked(tmp_path, images):
+    """The file lists in Manually_Annotated_file_lists/ beside the images folder; valence/arousal kept."""
+    source = tmp_path / "AffectNet"
+    for i, expression in enumerate([1, 1, 1, 2, 2, 6]):
+        save_image(source / images / str(i) / f"f{i}.png", pattern(i, (40, 40)))
+    lists = source / "Manually_Annotated_file_lists"
+    lists.mkdir()
+    write_affectnet_csv(lists / "training.csv", [(f"{i}/f{i}.png", (0, 0, 40, 40), e, i / 10, -i / 10)
+                                                 for i, e in enumerate([1, 1, 1, 2, 2])])
+    write_affectnet_csv(lists / "validation.csv", [("5/f5.png", (0, 0, 40, 40), 6, -0.5, 0.75)])
+    pack(source, tmp_path / "out", "-f", "affectnet", "--val-split", "0")
+
+    manifest = read_manifest(tmp_path / "out")
+    assert class_counts(manifest)["test"] == {"anger": 1}
+    assert sum(sum(c.values()) for c in class_counts(manifest).values()) == 6
+    shards = read_shards(tmp_path / "out")
+    samples = {s["__key__"]: s for split in shards.values() for s in split}
+    assert json.loads(samples["5_f5"]["va.json"]) == {"valence": -0.5, "arousal": 0.75}
+    assert json.loads(samples["3_f3"]["va.json"]) == {"valence": 0.3, "arousal": -0.3}
+    assert np.array_equal(np.asarray(decode(samples["3_f3"]["png"])), pattern(3, (40, 40)))
+
+
+def test_affectnet_without_file_lists_says_where_it_looked(tmp_path):
+    from fer_core.cli import main
+
+    (tmp_path / "Manually_Annotated_Images").mkdir()
+    result = CliRunner().invoke(main, ["data", "pack", str(tmp_path), str(tmp_path / "out"), "-f", "affectnet"])
+    assert result.exit_code == 2
+    assert "no training.csv and validation.csv, neither in Manually_Annotated_file_lists/ nor at the top" in result.output
+    assert len(result.output.strip().splitlines()) == 1

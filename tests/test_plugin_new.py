@@ -128,3 +128,19 @@ def test_generated_component_trains_one_step(kind, kit, synth, tmp_path, monkeyp
     assert state["counters"]["step"] == 1 and state["counters"]["epoch"] == 1
     assert state["versions"][f"fer-demo-{kind}"] == "0.1.0"
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_generated_packages_are_publishable(kit):
+    """LICENSE, py.typed and project URLs reach the installed package; the sdist recipe ships the tests."""
+    from email.parser import Parser
+
+    root, site = kit
+    for kind in KINDS:
+        package, dist = f"fer_demo_{kind}", f"fer_demo_{kind}-0.1.0.dist-info"
+        assert (site / package / "py.typed").is_file()
+        assert (site / dist / "licenses" / "LICENSE").read_text().startswith("MIT License\n\nCopyright (c) ")
+        meta = Parser().parsestr((site / dist / "METADATA").read_text())
+        assert meta["License-Expression"] == "MIT"
+        assert meta.get_all("Project-URL") == [f"Homepage, https://pypi.org/project/fer-demo-{kind}/"]
+        assert "Requires-Dist: fer-core[torch]>=" in (site / dist / "METADATA").read_text()
+        assert "graft tests" in (root / f"fer-demo-{kind}" / "MANIFEST.in").read_text()

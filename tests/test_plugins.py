@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -121,7 +120,6 @@ def walkthrough_plugin(tmp_path_factory):
     for path, text in walkthrough_files().items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
-    shutil.copy(ROOT / "recipes" / "quickstart.yaml", root / "recipes" / "quickstart.yaml")
     pip = [sys.executable, "-m", "pip"]
     try:
         out = subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", "-q", "-e",

@@ -163,7 +163,7 @@ def test_missing_backbone_and_missing_data_root(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    assert_error(fer("recipe", "check", tmp_path / "nope.yaml"), f"{tmp_path / 'nope.yaml'}: recipe file not found")
+    assert_error(fer("recipe", "check", tmp_path / "nope.yaml"), f"{tmp_path / 'nope.yaml'}: recipe file not found, nor a packaged recipe (`fer recipe list` shows them)")
 
 
 def test_malformed_yaml_names_the_line(tmp_path):
@@ -187,7 +187,8 @@ def test_extends_errors(tmp_path):
     itself = write(tmp_path, "self.yaml", "extends: self.yaml\n")
     assert_error(fer("recipe", "check", itself), "extends: cycle self.yaml -> self.yaml")
     missing = write(tmp_path, "m.yaml", "extends: base.yaml\n")
-    assert_error(fer("recipe", "check", missing), f"m.yaml: extends: base.yaml not found (looked in {tmp_path})")
+    assert_error(fer("recipe", "check", missing), f"m.yaml: extends: base.yaml: recipe file not found, looked in {tmp_path} and the "
+                 f"packaged recipes (`fer recipe list` shows them)")
     number = write(tmp_path, "n.yaml", "extends: 3\n")
     assert_error(fer("recipe", "check", number), "n.yaml: extends: expected a file name or a list of them, got 3")
 

@@ -5,7 +5,8 @@
 writes ``pyproject.toml`` (the ``fer_core`` entry point, a dependency on fer-core),
 ``src/fer_tiny_cnn/__init__.py`` (the hook implementation), the example component
 of the chosen kind (``fer_core.scaffold.examples``), tests that run fer-core's
-conformance suite, and a README. The package installs with pip and passes its
+conformance suite, a README, an MIT ``LICENSE``, ``py.typed`` and a ``MANIFEST.in`` that
+puts the tests in the sdist. The package installs with pip and passes its
 own tests unchanged. Nothing here imports torch.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import keyword
 import re
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from string import Template
 
@@ -71,6 +73,7 @@ def plugin_files(names: PluginNames, kind: str) -> dict[str, str]:
         "module": example.module,
         "core_version": __version__,
         "context": ", ".join(CONTEXT[kind]),
+        "year": str(date.today().year),
     }
     fill = lambda text: Template(text).substitute(values)  # noqa: E731
     values["summary"] = fill(example.summary)
@@ -82,7 +85,10 @@ def plugin_files(names: PluginNames, kind: str) -> dict[str, str]:
         "README.md": fill(templates.README),
         f"src/{names.package}/__init__.py": fill(templates.HOOKS),
         f"src/{names.package}/{example.module}.py": fill(example.source),
+        f"src/{names.package}/py.typed": "",
         f"tests/test_{names.package}.py": fill(templates.TESTS),
+        "LICENSE": fill(templates.LICENSE),
+        "MANIFEST.in": templates.MANIFEST,
     }
 
 

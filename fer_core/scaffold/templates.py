@@ -4,7 +4,7 @@ from __future__ import annotations
 
 PYPROJECT = '''\
 [build-system]
-requires = ["setuptools>=68"]
+requires = ["setuptools>=77"]
 build-backend = "setuptools.build_meta"
 
 [project]
@@ -13,10 +13,16 @@ version = "0.1.0"
 description = "$summary, for fer-core"
 readme = "README.md"
 requires-python = ">=3.11"
-dependencies = ["fer-core>=$core_version", "torch", "timm>=1.0"]
+license = "MIT"
+license-files = ["LICENSE"]
+dependencies = ["fer-core[torch]>=$core_version", "torch", "timm>=1.0"]
 
 [project.optional-dependencies]
 test = ["pytest>=8"]
+
+# Point these at your repository before publishing (absolute links: they show on the package index).
+[project.urls]
+Homepage = "https://pypi.org/project/$dist/"
 
 # fer-core finds the plugin through this entry point: <entry-point name> = "<hook module>"
 [project.entry-points.fer_core]
@@ -24,6 +30,9 @@ $entry = "$package"
 
 [tool.setuptools.packages.find]
 where = ["src"]
+
+[tool.setuptools.package-data]
+$package = ["py.typed"]
 
 [tool.pytest.ini_options]
 addopts = "--import-mode=importlib"
@@ -108,10 +117,51 @@ survives pickling or copying, passes gradients to every trainable parameter and 
 deterministic under a fixed seed. `check_plugin` checks that the plugin loads on
 its own and that `fer plugins` stays instant (the hook module imports no torch).
 
+## Publish
+
+    python -m build                       # dist/$package-*.whl and dist/$dist-*.tar.gz
+    unzip -l dist/*.whl                   # LICENSE, py.typed, the code; the sdist also has tests/
+    twine check dist/* && twine upload dist/*
+
+Bump `version` in `pyproject.toml` for every upload, and set `[project.urls]` to your repository first.
+
 ## Layout
 
 * `pyproject.toml`: the entry point `[project.entry-points.fer_core] $entry = "$package"`
 * `src/$package/__init__.py`: the hook implementation (`$hook`); imports no torch
 * `src/$package/$module.py`: the $kind (torch code, imported only when a recipe builds it)
-* `tests/`: pytest tests
+* `src/$package/py.typed`: tells type checkers the package has inline types
+* `tests/`: pytest tests (their `one_thread` fixture comes from fer-core's pytest plugin)
+* `LICENSE` (MIT; change it and `license` in `pyproject.toml` to publish under another),
+  `MANIFEST.in` (the sdist ships the tests)
+'''
+
+MANIFEST = '''\
+include LICENSE
+graft tests
+global-exclude __pycache__ *.py[cod]
+'''
+
+LICENSE = '''\
+MIT License
+
+Copyright (c) $year the $dist authors
+
+Permission is hereby granted, free of charge, to any person obtaining a copy
+of this software and associated documentation files (the "Software"), to deal
+in the Software without restriction, including without limitation the rights
+to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+copies of the Software, and to permit persons to whom the Software is
+furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
 '''

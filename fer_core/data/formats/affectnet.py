@@ -1,12 +1,17 @@
 """AffectNet, manually annotated part (Mollahosseini et al., "AffectNet: A Database for Facial
 Expression, Valence, and Arousal Computing in the Wild", IEEE TAC 2017).
 
-SOURCE holds ``training.csv`` and ``validation.csv`` (columns ``subDirectory_filePath, face_x,
-face_y, face_width, face_height, facial_landmarks, expression, valence, arousal``) and the images
-under ``Manually_Annotated_Images/<subDirectory_filePath>`` (or directly under SOURCE).
+SOURCE is the release as unpacked, ``Manually_Annotated_file_lists/{training,validation}.csv``
+beside ``Manually_Annotated_Images/`` (or ``Manually_Annotated/Manually_Annotated_Images/``), or a
+flat folder with the two CSVs at its top. The CSVs have the columns ``subDirectory_filePath,
+face_x, face_y, face_width, face_height, facial_landmarks, expression, valence, arousal``; images
+are read from ``<images folder>/<subDirectory_filePath>`` (the images folder is SOURCE itself
+when none of those exists).
 Expressions 0 neutral, 1 happy, 2 sad, 3 surprise, 4 fear, 5 disgust, 6 anger, 7 contempt are
 kept; 8 none, 9 uncertain and 10 no-face are dropped and counted. The face box is cropped and
-re-encoded (JPEG quality 95 from JPEG, else PNG); valence and arousal go to ``va.json``.
+re-encoded (JPEG quality 95 from JPEG, else PNG). Each sample keeps its valence and arousal
+(floats in [-1, 1]) in the shard field ``va.json`` = ``{"valence": v, "arousal": a}``; the
+manifest lists ``"extras": ["va"]``.
 
 AffectNet's test set is not public, so ``validation.csv`` becomes the test split (as in the
 literature) and val is carved out of ``training.csv``.
@@ -24,6 +29,8 @@ from fer_core.errors import DataError
 
 EXTRAS = ["va"]
 LISTS = {"training.csv": "train", "validation.csv": "test"}
+LIST_FOLDER = "Manually_Annotated_file_lists"
+IMAGE_FOLDERS = ("Manually_Annotated_Images", "Manually_Annotated/Manually_Annotated_Images")
 COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "expression",
            "valence", "arousal")
 EMOTIONS = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt")
@@ -32,16 +39,13 @@ DROPPED = {8: "none", 9: "uncertain", 10: "no_face"}
 
 def scan(source: Path, dropped: Counter) -> list[SourceSample]:
     source = Path(source)
-    for name in LISTS:
-        if not (source / name).is_file():
-            raise DataError(f"{source / name} not found; pass the AffectNet folder with training.csv and validation.csv")
-    image_root = source / "Manually_Annotated_Images"
-    image_root = image_root if image_root.is_dir() else source
+    lists = _lists_folder(source)
+    image_root = next((source / f for f in IMAGE_FOLDERS if (source / f).is_dir()), source)
     for reason in DROPPED.values():
         dropped.setdefault(reason, 0)
     samples = []
     for name, split in LISTS.items():
-        for index, row in enumerate(read_csv(source / name, COLUMNS)):
+        for index, row in enumerate(read_csv(lists / name, COLUMNS)):
             rel = (row.get("subDirectory_filePath") or "").strip()
             where = f"{name} data row {index + 1} ({rel})"
             parsed = _parse(row)
@@ -63,6 +67,15 @@ def scan(source: Path, dropped: Counter) -> list[SourceSample]:
             samples.append(SourceSample(safe_key(str(Path(rel).with_suffix(""))), EMOTIONS[expression], split,
                                         reader, extras))
     return samples
+
+
+def _lists_folder(source: Path) -> Path:
+    """The folder that holds training.csv and validation.csv: the release's file-list folder, or SOURCE."""
+    for folder in (source / LIST_FOLDER, source):
+        if all((folder / name).is_file() for name in LISTS):
+            return folder
+    raise DataError(f"{source}: no training.csv and validation.csv, neither in {LIST_FOLDER}/ nor at the top; "
+                    f"pass the AffectNet folder as unpacked ({LIST_FOLDER}/ beside Manually_Annotated_Images/)")
 
 
 def _parse(row: dict[str, str]):

@@ -370,7 +370,7 @@ def read_pretrained(checkpoint: str | Path) -> tuple[dict[str, Any], dict[str, t
     path = Path(checkpoint)
     if not path.exists():
         raise CheckpointError(f"model.encoder.checkpoint: {path} not found; pretrain a VAE-GAN first "
-                              f"(fer run recipes/vaegan-pretrain.yaml) and point checkpoint at its run directory")
+                              f"(fer run vaegan-pretrain) and point checkpoint at its run directory")
     path = resolve_checkpoint(path)
     state = load_checkpoint(path)
     recipe = state.get("recipe") if isinstance(state.get("recipe"), dict) else {}
@@ -378,11 +378,11 @@ def read_pretrained(checkpoint: str | Path) -> tuple[dict[str, Any], dict[str, t
     if recipe.get("task") != "pretrain" or not isinstance(pretrain, dict):
         raise CheckpointError(f"{path}: a classification checkpoint, not a VAE-GAN pretraining run; point "
                               f"model.encoder.checkpoint at a run of a `task: pretrain` recipe such as "
-                              f"recipes/vaegan-pretrain.yaml")
+                              f"the packaged recipe vaegan-pretrain")
     if pretrain.get("format") != PRETRAIN_FORMAT:
         name = recipe.get("model", {}).get("encoder", {}).get("name", "?")
         raise CheckpointError(f"{path}: a pretraining run of encoder '{name}', not of a VAE-GAN; point "
-                              f"model.encoder.checkpoint at a run of recipes/vaegan-pretrain.yaml")
+                              f"model.encoder.checkpoint at a run of the packaged recipe vaegan-pretrain")
     return dict(pretrain["architecture"]), state["model"], path
 
 
