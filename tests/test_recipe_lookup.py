@@ -81,7 +81,7 @@ def test_a_packaged_name_works_in_every_recipe_command(tmp_path, monkeypatch):
     shown = fer("recipe", "show", "vit-tiny", "-s", "train.epochs=2")
     assert shown.exit_code == 0, shown.output
     assert yaml.safe_load(shown.output)["train"]["epochs"] == 2
-    assert fer("recipe", "check", "quickstart.yaml").output == "ok quickstart: identity -> timm -> linear\n"
+    assert fer("recipe", "check", "quickstart.yaml").output.startswith("ok quickstart: identity -> timm -> linear")
     (tmp_path / "mine.yaml").write_text("extends: quickstart\nname: mine\ntrain: {epochs: 1}\n")
     mine = load_recipe("mine.yaml")
     assert mine["name"] == "mine" and mine["train"]["epochs"] == 1
