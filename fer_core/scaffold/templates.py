@@ -13,7 +13,7 @@ version = "0.1.0"
 description = "$summary, for fer-core"
 readme = "README.md"
 requires-python = ">=3.11"
-dependencies = ["fer-core>=$core_version", "torch", "timm>=1.0"]
+dependencies = ["fer-core>=$core_version", $dependencies]
 
 [project.optional-dependencies]
 test = ["pytest>=8"]
