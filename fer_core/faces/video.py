@@ -108,6 +108,7 @@ def predict_video(predictor: Predictor, mode: FaceMode, path: str, every: int | 
     from fer_core.faces.draw import draw_faces
 
     console = console or Console(stderr=True)
+    total = expected_samples(path, every, fps)  # a file PyAV cannot open fails here, before any output
     out = Path(out_dir) if out_dir else Path(path).with_suffix(".faces")
     out.mkdir(parents=True, exist_ok=True)
     tracker, frames = IouTracker(), []
@@ -117,7 +118,7 @@ def predict_video(predictor: Predictor, mode: FaceMode, path: str, every: int | 
                         TextColumn("{task.fields[rate]}"), console=console, transient=False)
     try:
         with progress:
-            task = progress.add_task(Path(path).name, total=expected_samples(path, every, fps), rate="")
+            task = progress.add_task(Path(path).name, total=total, rate="")
             for index, when, image in sampled_frames(path, every, fps):
                 faces = classify_faces(predictor, mode, image)
                 ids = tracker.update([f["box"] for f in faces])

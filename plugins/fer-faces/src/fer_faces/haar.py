@@ -34,7 +34,7 @@ def _cascade(filename: str):
 
 
 class HaarDetector:
-    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24, eyes: bool = True,
+    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 8, min_size: int = 24, eyes: bool = True,
                  cascade: str = "haarcascade_frontalface_default.xml"):
         self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
         self.faces = _cascade(cascade)
