@@ -49,6 +49,10 @@ Options every ``check_<kind>`` takes besides its kind's sizes:
   for models too big for a unit test (pSp's 267M parameters); the checks that compare
   values (pickle, determinism) are skipped.
 
+Detectors are not torch modules: ``check_detector`` checks registered, parameters,
+builds, sizes (any image size), blank (no face on flat grey), finds_face (Grace Hopper on
+matplotlib's sample photo), determinism and input_untouched (``fer_core.testing.detector``).
+
 Without a CUDA device, "moves between devices" is checked through the meta device
 (``.to("meta")`` must move every tensor, and forward must then create nothing on the
 CPU); with one, the component also runs on CUDA and comes back unchanged.
