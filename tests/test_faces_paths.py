@@ -3,7 +3,6 @@ POST /faces of fer serve, fer data pack --detect, and bad inputs to each (one li
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from pathlib import Path

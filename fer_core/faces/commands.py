@@ -33,7 +33,7 @@ def draw_target(draw: str | None, path: str, several: bool, suffix: str = ".png"
 def predict(model: str, inputs: list[str], *, detect: bool | None, detector: str | None, margin: float | None,
             top_k: int, batch_size: int, as_json: bool, draw: str | None, every: int | None, fps: float | None,
             out: str | None, console: Console, err_console: Console) -> None:
-    from fer_core.faces.photos import face_mode, predict_photos
+    from fer_core.faces.photos import face_mode
     from fer_core.predictor import load_predictor
 
     predictor = load_predictor(model)

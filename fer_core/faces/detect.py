@@ -39,7 +39,7 @@ class FaceDetector:
 
 
 def load_detector(name: str | None = None, params: Mapping[str, Any] | None = None) -> FaceDetector:
-    """Build detector ``name`` (default: the only installed one, or 'yunet' ... see ``default_detector``)."""
+    """Build the registered detector ``name`` (default: the first installed, by name)."""
     from fer_core.plugins import get_registry
 
     registry = get_registry()

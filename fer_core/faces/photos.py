@@ -30,6 +30,12 @@ class FaceMode:
 
     detector: FaceDetector
     margin: float = DEFAULT_MARGIN
+    size: int | None = None  # crop side of the training data (then resized like it); None: the model's input
+
+    def align(self, image: np.ndarray, face: Face, predictor: Predictor) -> np.ndarray:
+        """The model input for ``face``: aligned as the training data were, decoded by the predictor."""
+        return crop_input(predictor, align_face(image, face.points, self.size or predictor.image_size,
+                                                self.margin).crop)
 
 
 def face_setting(predictor: Predictor) -> dict | None:
@@ -59,7 +65,8 @@ def face_mode(predictor: Predictor, detect: bool | None, detector: str | None = 
     record = record or {}
     name = detector or record.get("detector")
     chosen = margin if margin is not None else record.get("margin", DEFAULT_MARGIN)
-    return FaceMode(load_detector(name), float(chosen))
+    size = record.get("size") if margin is None or margin == record.get("margin") else None
+    return FaceMode(load_detector(name), float(chosen), size)
 
 
 def crop_input(predictor: Predictor, crop: np.ndarray) -> np.ndarray:
@@ -75,8 +82,7 @@ def classify_faces(predictor: Predictor, mode: FaceMode, image: np.ndarray,
     faces: list[Face] = mode.detector(image)
     if not faces:
         return []
-    crops = [crop_input(predictor, align_face(image, f.points, predictor.image_size, mode.margin).crop)
-             for f in faces]
+    crops = [mode.align(image, f, predictor) for f in faces]
     probs = predictor.predict(np.stack(crops))
     return [{**face.as_dict(), **prediction(predictor.classes, p, top_k)} for face, p in zip(faces, probs)]
 

@@ -9,8 +9,7 @@ import numpy as np
 from fer_core.errors import FerError
 from fer_core.faces.detect import read_rgb
 from fer_core.faces.face import Face
-from fer_core.faces.photos import FaceMode, crop_input, face_mode
-from fer_core.faces.align import align_face
+from fer_core.faces.photos import FaceMode, face_mode
 from fer_core.predictor import Predictor
 
 
@@ -49,6 +48,5 @@ class FaceService:
         with self.lock:
             mode = self._mode()
             found = mode.detector(image)
-        crops = [crop_input(self.predictor, align_face(image, f.points, self.predictor.image_size, mode.margin).crop)
-                 for f in found]
+        crops = [mode.align(image, f, self.predictor) for f in found]
         return image, crops, found

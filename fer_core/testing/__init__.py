@@ -66,6 +66,7 @@ from fer_core.testing.subject import ConformanceError, Report
 
 __all__ = [
     "CHECK_NAMES",
+    "DETECTOR_CHECKS",
     "ConformanceError",
     "Report",
     "check_augment",
