@@ -7,9 +7,7 @@ Skips like tests/test_serve_browser.py when chromium and chromium-driver are mis
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,8 +19,6 @@ pytest.importorskip("sklearn", reason="the test scenes use scikit-learn's sample
 av = pytest.importorskip("av", reason="PyAV writes the fake camera's video: pip install 'fer-core[video]'")
 import httpx  # noqa: E402
 from PIL import Image  # noqa: E402
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -30,11 +26,9 @@ from fer_core.faces.face import iou  # noqa: E402
 from fer_faces.scenes import real_scene  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_fixtures import free_port, start_server, stop_server, tiny_run  # noqa: E402
+from serve_fixtures import HAVE_BROWSER, headless_chromium, free_port, start_server, stop_server, tiny_run  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
+pytestmark = pytest.mark.skipif(not HAVE_BROWSER,
                                 reason="chromium and chromium-driver are not installed; run scripts/install-browser.sh")
 
 
@@ -66,18 +60,9 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(scene):
     root, _ = scene
-    with tempfile.TemporaryDirectory(prefix="fer-chromium-") as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", f"--user-data-dir={profile}", "--use-fake-ui-for-media-stream",
-                     "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={root / 'camera.y4m'}"):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-        driver.set_page_load_timeout(30)
+    with headless_chromium("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                           f"--use-file-for-fake-video-capture={root / 'camera.y4m'}") as driver:
         yield driver
-        driver.quit()
 
 
 def _boxes(elements) -> list[list[float]]:

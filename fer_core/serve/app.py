@@ -84,10 +84,7 @@ def create_app(predictor: Predictor, max_bytes: int = 10_000_000, max_files: int
             except Exception as exc:
                 raise HTTPException(415, f"{_name(upload)}: not a readable image ({type(exc).__name__}); "
                                          f"send PNG, JPEG, WebP, BMP or GIF files") from None
-        try:
-            probs = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(image)) for image in images))
-        except Exception as exc:
-            raise HTTPException(500, f"prediction failed: {type(exc).__name__}: {one_line(exc)}") from None
+        probs = await _classify(batcher, images)
         return [{"filename": upload.filename, **prediction(predictor.classes, p)}
                 for upload, p in zip(uploads, probs)]
 
@@ -103,13 +100,21 @@ def create_app(predictor: Predictor, max_bytes: int = 10_000_000, max_files: int
                 raise HTTPException(501, str(exc)) from None
             except faces.bad_image as exc:
                 raise HTTPException(415, str(exc)) from None
-            probs = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(crop)) for crop in crops))
+            probs = await _classify(batcher, crops)
             results.append({"filename": upload.filename, "width": int(image.shape[1]), "height": int(image.shape[0]),
                             "faces": [{**face.as_dict(), **prediction(predictor.classes, p)}
                                       for face, p in zip(found, probs)]})
         return results
 
     return app
+
+
+async def _classify(batcher: Batcher, inputs: list) -> list:
+    """Class probabilities of each model input, through the batcher; a 500 with one line on failure."""
+    try:
+        return await asyncio.gather(*(asyncio.wrap_future(batcher.submit(x)) for x in inputs))
+    except Exception as exc:
+        raise HTTPException(500, f"prediction failed: {type(exc).__name__}: {one_line(exc)}") from None
 
 
 async def _uploads(request: Request, max_bytes: int, max_files: int) -> list[UploadFile]:
