@@ -64,14 +64,16 @@ def sampled_frames(path: str, every: int | None, fps: float | None) -> Iterator[
             raise FerError(f"{path}: video data is corrupt after frame {index} ({type(exc).__name__})") from None
 
 
-def expected_samples(path: str, every: int | None, fps: float | None) -> int | None:
+def sampling(path: str, every: int | None, fps: float | None) -> tuple[int | None, float]:
+    """(how many frames will be sampled, if known; sampled frames per second of video)."""
     _, container, stream = _open(path)
     with container:
-        frames, rate = stream.frames, float(stream.average_rate or 0)
-        seconds = float(stream.duration * stream.time_base) if stream.duration else (frames / rate if rate else 0)
+        frames, rate = stream.frames, float(stream.average_rate or stream.guessed_rate or 25)
+        seconds = float(stream.duration * stream.time_base) if stream.duration else (frames / rate if frames else 0)
     if every:
-        return -(-frames // every) if frames else None
-    return int(seconds * (fps or DEFAULT_FPS)) + 1 if seconds else None
+        return (-(-frames // every) if frames else None), rate / every
+    step_rate = min(fps or DEFAULT_FPS, rate)
+    return (int(seconds * step_rate) + 1 if seconds else None), step_rate
 
 
 class _Writer:
@@ -108,11 +110,11 @@ def predict_video(predictor: Predictor, mode: FaceMode, path: str, every: int | 
     from fer_core.faces.draw import draw_faces
 
     console = console or Console(stderr=True)
-    total = expected_samples(path, every, fps)  # a file PyAV cannot open fails here, before any output
+    total, rate = sampling(path, every, fps)  # a file PyAV cannot open fails here, before any output
     out = Path(out_dir) if out_dir else Path(path).with_suffix(".faces")
     out.mkdir(parents=True, exist_ok=True)
     tracker, frames = IouTracker(), []
-    writer = _Writer(draw, fps or DEFAULT_FPS) if draw else None
+    writer = _Writer(draw, rate) if draw else None
     start = time.perf_counter()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.fields[rate]}"), console=console, transient=False)
