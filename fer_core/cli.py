@@ -175,7 +175,7 @@ def eval_command(run_or_checkpoint, data_dir, split, tta, as_json) -> None:
               help="Write the photo (or video) with boxes and labels to this file (a folder for several inputs).")
 @click.option("--every", type=click.IntRange(min=1), default=None, help="Video: classify every Nth frame.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Video: classify this many frames per second.")
+              help="Video: classify this many frames per second  [default: 5 unless --every].")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Video: folder for frames.csv, frames.json and timeline.png  [default: <video>.faces/]")
 def predict_command(run_or_checkpoint, images, top_k, batch_size, as_json, detect, detector, margin, draw, every,

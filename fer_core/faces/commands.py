@@ -12,6 +12,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from fer_core.errors import FerError
+from fer_core.faces.draw import draw_faces
+from fer_core.faces.photos import face_mode, predict_photos
+from fer_core.faces.video import predict_video
+from fer_core.predictor import load_predictor
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".y4m", ".wmv", ".flv", ".ts"}
 
@@ -33,9 +37,6 @@ def draw_target(draw: str | None, path: str, several: bool, suffix: str = ".png"
 def predict(model: str, inputs: list[str], *, detect: bool | None, detector: str | None, margin: float | None,
             top_k: int, batch_size: int, as_json: bool, draw: str | None, every: int | None, fps: float | None,
             out: str | None, console: Console, err_console: Console) -> None:
-    from fer_core.faces.photos import face_mode
-    from fer_core.predictor import load_predictor
-
     predictor = load_predictor(model)
     mode = face_mode(predictor, detect, detector, margin)
     videos = [p for p in inputs if is_video(p)]
@@ -49,8 +50,6 @@ def predict(model: str, inputs: list[str], *, detect: bool | None, detector: str
         failed += _photos(predictor, mode, photos, top_k, batch_size, as_json, draw, len(inputs) > 1, console,
                           err_console)
     for video in videos:
-        from fer_core.faces.video import predict_video
-
         if mode is None:
             mode = face_mode(predictor, True, detector, margin)  # videos are always read face by face
         try:
@@ -70,9 +69,6 @@ def predict(model: str, inputs: list[str], *, detect: bool | None, detector: str
 
 
 def _photos(predictor, mode, photos, top_k, batch_size, as_json, draw, several, console, err_console) -> int:
-    from fer_core.faces.draw import draw_faces
-    from fer_core.faces.photos import predict_photos
-
     failed = 0
     table = Table(title=f"{predictor.name} predictions" + (" (faces)" if mode else ""))
     for column in ("image", *(("face", "box") if mode else ()), "label", "confidence", f"top {top_k}"):

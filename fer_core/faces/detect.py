@@ -12,6 +12,7 @@ from PIL import Image
 
 from fer_core.errors import FerError
 from fer_core.faces.face import Face, face_problem
+from fer_core.plugins import get_registry
 
 MAX_PIXELS = 50_000_000  # larger images are refused as possible decompression bombs
 
@@ -40,8 +41,6 @@ class FaceDetector:
 
 def load_detector(name: str | None = None, params: Mapping[str, Any] | None = None) -> FaceDetector:
     """Build the registered detector ``name`` (default: the first installed, by name)."""
-    from fer_core.plugins import get_registry
-
     registry = get_registry()
     name = name or default_detector(registry.names("detector"))
     impl = registry.build("detector", {"name": name, **dict(params or {})}, "detector", {})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from PIL import Image
+
 from fer_core.data.formats.base import EncodedImage, encode_png
 from fer_core.errors import FerError
 from fer_core.faces.align import align_face
@@ -29,8 +31,6 @@ class FaceCropper:
         face = main_face(self.detector(pixels))
         if face is None:
             return NO_FACE
-        from PIL import Image
-
         crop = Image.fromarray(align_face(pixels, face.points, self.size, self.margin).crop)
         return encode_png(crop.convert("L") if image.channels == 1 else crop)
 

@@ -9,6 +9,7 @@ the whole image unless ``--detect`` is given. ``--no-detect`` always classifies 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,6 @@ def face_setting(predictor: Predictor) -> dict | None:
     for root in roots:
         path = Path(str(root)) / "dataset.json"
         if root and path.is_file():
-            import json
-
             record = json.loads(path.read_text()).get("faces")
             if record:
                 return record

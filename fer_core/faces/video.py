@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fer_core.errors import FerError
+from fer_core.faces.draw import draw_faces
 from fer_core.faces.photos import FaceMode, classify_faces
 from fer_core.faces.track import IouTracker
 from fer_core.predictor import Predictor
@@ -107,8 +108,6 @@ def predict_video(predictor: Predictor, mode: FaceMode, path: str, every: int | 
                   fps: float | None = None, out_dir: str | None = None, draw: Path | None = None,
                   console: Console | None = None) -> dict[str, Any]:
     """Classify the faces of the sampled frames of ``path``; returns a summary with the files written."""
-    from fer_core.faces.draw import draw_faces
-
     console = console or Console(stderr=True)
     total, rate = sampling(path, every, fps)  # a file PyAV cannot open fails here, before any output
     out = Path(out_dir) if out_dir else Path(path).with_suffix(".faces")

@@ -10,6 +10,7 @@ from fer_core.errors import FerError
 from fer_core.faces.detect import read_rgb
 from fer_core.faces.face import Face
 from fer_core.faces.photos import FaceMode, face_mode
+from fer_core.plugins import get_registry
 from fer_core.predictor import Predictor
 
 
@@ -36,8 +37,6 @@ class FaceService:
         return self.mode
 
     def info(self) -> dict:
-        from fer_core.plugins import get_registry
-
         detectors = get_registry().names("detector")
         return {"detectors": detectors, "detector": self.mode.detector.name if self.mode else None,
                 "margin": self.mode.margin if self.mode else None}
