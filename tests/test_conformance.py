@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fer_core.plugins import PluginHost, get_host
-from fer_core.registry import Component, Registry
+from fer_core.registry import KINDS, Component, Registry
 from fer_core.scaffold import plugin_files, plugin_names
 from fer_core.scaffold.examples import EXAMPLES
 from fer_core.testing import CHECK_NAMES, DETECTOR_CHECKS, ConformanceError, check_component, check_head, check_plugin
@@ -82,7 +82,7 @@ def test_repo_plugin_loads_alone_and_imports_no_torch(dist):
 
 def test_every_kind_has_a_conforming_component_in_the_repo():
     kinds = {c.kind for c in repo_components()}
-    assert kinds == {"encoder", "backbone", "head", "loss", "augment"}
+    assert kinds == set(KINDS)
 
 
 # -- one plugin per hook, through the real plugin host ---------------------------
