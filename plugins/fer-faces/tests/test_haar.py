@@ -69,7 +69,7 @@ def test_photos_without_a_face_yield_no_face(detector, name):
     assert detector.detect(face_free_photos()[name]) == []
 
 
-def test_any_size_and_no_landmark_estimate_outside_reason(detector):
+def test_tiny_and_large_images(detector):
     assert detector.detect(np.zeros((10, 10, 3), np.uint8)) == []
     big = np.ascontiguousarray(np.kron(marked_photo("astronaut"), np.ones((2, 2, 1), np.uint8)))  # 1024x1024
     faces = detector.detect(big)
