@@ -254,26 +254,30 @@ def eval_command(run_or_checkpoint, data_dir, split, tta, as_json) -> None:
 @main.command("predict")
 @click.argument("run_or_checkpoint", metavar="RUN_CHECKPOINT_OR_ONNX", type=click.Path(exists=True))
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--top-k", default=3, show_default=True, help="Probabilities to show per image.")
+@click.option("--top-k", default=3, show_default=True, help="Probabilities to show per image or face.")
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one per image.")
-def predict_command(run_or_checkpoint, images, top_k, batch_size, as_json) -> None:
-    """Predict the expression of each IMAGE file with a run, checkpoint or exported .onnx model."""
-    from fer_core.predictor import load_predictor, predict_files
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one per image (faces: box, landmarks, label).")
+@click.option("--detect/--no-detect", default=None,
+              help="Find, align and classify every face (--detect), or classify whole images (--no-detect)  "
+                   "[default: detect when the run was trained on `fer data pack --detect` data]")
+@click.option("--detector", default=None, help="Registered face detector (see `fer plugins`)  [default: the run's]")
+@click.option("--margin", type=click.FloatRange(0, 2), default=None,
+              help="Alignment margin, a fraction of the face per side  [default: the run's, else 0.1]")
+@click.option("--draw", type=click.Path(), default=None,
+              help="Write the photo (or video) with boxes and labels to this file (a folder for several inputs).")
+@click.option("--every", type=click.IntRange(min=1), default=None, help="Video: classify every Nth frame.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Video: classify this many frames per second  [default: 5 unless --every].")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Video: folder for frames.csv, frames.json and timeline.png  [default: <video>.faces/]")
+def predict_command(run_or_checkpoint, images, top_k, batch_size, as_json, detect, detector, margin, draw, every,
+                    fps, out) -> None:
+    """Predict the expression in each IMAGE (photo or video) with a run, checkpoint or exported .onnx model."""
+    from fer_core.faces.commands import predict
 
-    predictor = load_predictor(run_or_checkpoint)
-    results = predict_files(predictor, list(images), batch_size=batch_size, top_k=top_k)
-    if as_json:
-        for r in results:
-            click.echo(json.dumps(r))
-        return
-    table = Table(title=f"{predictor.name} predictions")
-    for column in ("image", "label", "confidence", f"top {top_k}"):
-        table.add_column(column)
-    for r in results:
-        others = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top_k"])
-        table.add_row(r["image"], r["label"], f"{r['confidence']:.3f}", others)
-    console.print(table)
+    predict(run_or_checkpoint, list(images), detect=detect, detector=detector, margin=margin, top_k=top_k,
+            batch_size=batch_size, as_json=as_json, draw=draw, every=every, fps=fps, out=out, console=console,
+            err_console=err_console)
 
 
 @main.command("compare")

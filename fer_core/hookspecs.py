@@ -1,4 +1,4 @@
-"""The five hook specifications of fer-core.
+"""The six hook specifications of fer-core.
 
 Every hook is called once per plugin, when the plugin host builds its component
 registry (on the first command that needs components). Each hook receives a
@@ -15,7 +15,8 @@ registry (on the first command that needs components). Each hook receives a
 
 The factory is called with the recipe's parameters as keyword arguments, plus
 the context arguments of its kind when its signature names them (see
-``fer_core.registry.CONTEXT``), and returns a ``torch.nn.Module``.
+``fer_core.registry.CONTEXT``), and returns a ``torch.nn.Module`` (a detector
+factory returns a detector object, see ``register_detectors``).
 """
 
 from __future__ import annotations
@@ -90,4 +91,20 @@ def register_augments(register: Register) -> None:
     ``stage`` ("sample": image tensor [C,H,W] -> same; "batch": (inputs,
     targets) -> (inputs, soft targets [B,C])) and ``spaces`` (a tuple of
     "image" and/or "latent").
+    """
+
+
+@hookspec
+def register_detectors(register: Register) -> None:
+    """Register face detectors: an RGB image -> the faces in it.
+
+    Called once per plugin when the registry is built. The object a factory
+    returns (any class, torch not required) has ``detect(image)``: ``image`` is a
+    numpy uint8 array [H, W, 3] in RGB of any size; it returns a list of
+    ``fer_core.faces.face.Face``, best score first, each with ``box`` (x1, y1,
+    x2, y2), ``score`` in [0, 1] and five ``landmarks`` (x, y): the eye on the
+    image's left, the eye on the image's right, the nose tip, the mouth corner on
+    the image's left, the one on the image's right; all in image pixels. An image
+    without faces gives an empty list. Weights must ship with an installed
+    package: a detector never downloads at run time.
     """

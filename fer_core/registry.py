@@ -18,7 +18,7 @@ from typing import Any
 from fer_core.constraints import OneOf, Range, clip, short
 from fer_core.errors import FerError, PluginError, RecipeError
 
-KINDS = ("encoder", "backbone", "head", "loss", "augment")
+KINDS = ("encoder", "backbone", "head", "loss", "augment", "detector")
 
 # Arguments the core passes to a factory whose signature names them; never set by recipes.
 CONTEXT: dict[str, tuple[str, ...]] = {
@@ -27,6 +27,7 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "head": ("num_features", "num_classes"),
     "loss": ("num_classes", "class_counts"),
     "augment": ("num_classes",),
+    "detector": (),
 }
 
 # Keys of a component spec that the core reads itself.

@@ -42,7 +42,7 @@ def documented_hooks(text: str) -> dict[str, tuple[str, str]]:
 
 def test_the_specs_are_found():
     assert list(hook_specs()) == ["register_encoders", "register_backbones", "register_heads",
-                                  "register_losses", "register_augments"]
+                                  "register_losses", "register_augments", "register_detectors"]
 
 
 def test_hooks_md_is_current():

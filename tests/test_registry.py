@@ -192,6 +192,7 @@ def test_adding_a_taken_name_or_alias_names_both_plugins():
 
 
 def test_every_kind_has_its_context():
-    assert set(CONTEXT) == {"encoder", "backbone", "head", "loss", "augment"}
+    assert set(CONTEXT) == {"encoder", "backbone", "head", "loss", "augment", "detector"}
+    assert CONTEXT["detector"] == ()  # a detector is built from its parameters alone
     assert CONTEXT["head"] == ("num_features", "num_classes")
     assert CONTEXT["backbone"] == ("latent_shape", "image_size", "in_chans")

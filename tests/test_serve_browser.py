@@ -7,9 +7,7 @@ to download a browser or driver.
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,17 +15,14 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'fer-core[serve]'")
 pytest.importorskip("selenium", reason="selenium is not installed: pip install 'fer-core[test]'")
 import httpx  # noqa: E402
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_fixtures import face_files, free_port, start_server, stop_server, tiny_run  # noqa: E402
+from serve_fixtures import (HAVE_BROWSER, face_files, free_port, headless_chromium, start_server, stop_server,  # noqa: E402
+                            tiny_run)
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
+pytestmark = pytest.mark.skipif(not HAVE_BROWSER,
                                 reason="chromium and chromium-driver are not installed; run scripts/install-browser.sh")
 
 
@@ -42,17 +37,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with tempfile.TemporaryDirectory(prefix="fer-chromium-") as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", f"--user-data-dir={profile}"):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-        driver.set_page_load_timeout(30)
+    with headless_chromium() as driver:
         yield driver
-        driver.quit()
 
 
 def test_picking_images_on_the_page_shows_label_and_a_bar_per_class(server, browser, tmp_path_factory):

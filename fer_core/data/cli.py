@@ -40,8 +40,16 @@ def data() -> None:
               help="imagefolder: keep class folders that are no known expression, under their lower-cased name.")
 @click.option("--overwrite", is_flag=True, help="Replace the shards and manifest of an earlier pack in OUT.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading images  [default: up to 8]")
+@click.option("--detect", is_flag=True,
+              help="Keep the aligned crop of each image's main face; images without a face are dropped (no_face).")
+@click.option("--detector", default=None, help="With --detect: the registered face detector  [default: the first]")
+@click.option("--face-size", type=click.IntRange(min=8), default=112, show_default=True,
+              help="With --detect: side of the aligned square crops, in pixels.")
+@click.option("--margin", type=click.FloatRange(0, 2), default=0.1, show_default=True,
+              help="With --detect: context around the face, a fraction of the face per side.")
 def pack(source: Path, out: Path, format_: str, val_split: float | None, test_split: float | None, seed: int,
-         shard_size: int, keep_unknown_classes: bool, overwrite: bool, workers: int | None) -> None:
+         shard_size: int, keep_unknown_classes: bool, overwrite: bool, workers: int | None, detect: bool,
+         detector: str | None, face_size: int, margin: float) -> None:
     """Pack the data set at SOURCE into shards under OUT.
 
     \b
@@ -57,9 +65,17 @@ def pack(source: Path, out: Path, format_: str, val_split: float | None, test_sp
 
     if keep_unknown_classes and format_ != "imagefolder":
         raise click.UsageError("--keep-unknown-classes applies to --format imagefolder only")
+    faces = None
+    if detect:
+        from fer_core.faces.detect import load_detector
+        from fer_core.faces.packing import FaceCropper
+
+        faces = FaceCropper(load_detector(detector), face_size, margin)
+    elif detector:
+        raise click.UsageError("--detector applies with --detect only")
     manifest = pack_dataset(source, out, format_, val_split=val_split, test_split=test_split, seed=seed,
                             shard_size=shard_size, keep_unknown_classes=keep_unknown_classes,
-                            overwrite=overwrite, workers=workers, console=Console(stderr=True))
+                            overwrite=overwrite, workers=workers, console=Console(stderr=True), faces=faces)
     Console().print(summary_table(manifest, title=str(out)))
 
 

@@ -18,7 +18,7 @@ import hashlib
 import os
 import random
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,11 +43,12 @@ def pack_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, format: 
                  val_split: float | None = None, test_split: float | None = None, seed: int = 0,
                  shard_size: int = DEFAULT_SHARD_SIZE, keep_unknown_classes: bool = False,
                  overwrite: bool = False, workers: int | None = None, progress: bool = True,
-                 console: Console | None = None) -> dict:
+                 console: Console | None = None, faces: Callable | None = None) -> dict:
     """Pack ``source`` (in ``format``) into shards under ``out_dir``; returns the manifest.
 
     ``val_split``/``test_split`` of None mean the defaults above; a fraction for a split the
-    source already has is ignored with a note.
+    source already has is ignored with a note. ``faces`` (a ``fer_core.faces.packing.FaceCropper``)
+    replaces each image by its aligned main face and drops images without one (``no_face``).
     """
     console = console or Console(stderr=True)
     source, out_dir = Path(source), Path(out_dir)
@@ -66,7 +67,8 @@ def pack_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, format: 
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")
     return write_dataset(out_dir, splits, source_format=format, extras=module.EXTRAS, dropped=dropped, seed=seed,
-                         shard_size=shard_size, workers=workers, progress=progress, console=console, clear=True)
+                         shard_size=shard_size, workers=workers, progress=progress, console=console, clear=True,
+                         faces=faces)
 
 
 def make_synth_dataset(out_dir: str | os.PathLike, n: int = 2100, size: int = 48, seed: int = 0,
@@ -149,7 +151,8 @@ def stratified_split(samples: list[SourceSample], fractions: dict[str, float],
 
 def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, source_format: str, extras: list[str],
                   dropped: Counter, seed: int, shard_size: int = DEFAULT_SHARD_SIZE, workers: int | None = None,
-                  progress: bool = True, console: Console | None = None, clear: bool = False) -> dict:
+                  progress: bool = True, console: Console | None = None, clear: bool = False,
+                  faces: Callable | None = None) -> dict:
     """Read every sample's image, write the shards of each split, then the manifest."""
     from fer_core import __version__
 
@@ -158,13 +161,15 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
         _clear_out_dir(out_dir)
     classes = sorted({s.label for samples in splits.values() for s in samples})
     listing = list(getattr(dropped, "listing", ()))
-    dropped = Counter({"corrupt_image": 0, **dropped})
+    dropped = Counter({"corrupt_image": 0, **({"no_face": 0} if faces else {}), **dropped})
     channels, sizes, entries = set(), set(), {}
     with _progress_bar(console, progress) as bar:
         for split, samples in splits.items():
             task = bar.add_task(f"writing {split}", total=len(samples))
             with SplitWriter(out_dir, split, classes, shard_size) as writer:
                 for sample, image in _read_in_order(samples, workers):
+                    if faces is not None and not isinstance(image, str):
+                        image = faces(image)  # the aligned main face, or "no_face"
                     if isinstance(image, str):
                         dropped[image] += 1
                         listing.append((sample.key, image))
@@ -184,6 +189,7 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
         "image": {"channels": 3 if 3 in channels else 1, "size": list(sizes.pop()) if len(sizes) == 1 else None},
         "splits": entries, "extras": list(extras), "dropped": dict(sorted(dropped.items())),
         "seed": seed, "created_by": f"fer-core {__version__}",
+        **({"faces": faces.record} if faces is not None else {}),
     }
     write_manifest(out_dir, manifest)
     write_dropped_list(out_dir, listing)

@@ -72,8 +72,9 @@ def plugin_files(names: PluginNames, kind: str) -> dict[str, str]:
         "hook": HOOKS[kind],
         "module": example.module,
         "core_version": __version__,
-        "context": ", ".join(CONTEXT[kind]),
+        "context": ", ".join(CONTEXT[kind]) or "none",
         "year": str(date.today().year),
+        "dependencies": example.dependencies,
     }
     fill = lambda text: Template(text).substitute(values)  # noqa: E731
     values["summary"] = fill(example.summary)

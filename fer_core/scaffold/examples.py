@@ -19,6 +19,7 @@ class Example:
     test_params: dict = field(default_factory=dict)  # small parameters for the conformance check
     behaviour_test: str = ""
     recipe: str = ""  # the README's recipe snippet
+    dependencies: str = '"torch", "timm>=1.0"'  # besides fer-core, in pyproject.toml
 
 
 ENCODER = '''\
@@ -290,6 +291,62 @@ def test_p_zero_keeps_the_image_and_p_one_stays_in_range():
     assert not torch.equal(noisy, image) and 0.0 <= noisy.min() and noisy.max() <= 1.0
 '''
 
+DETECTOR = '''\
+"""$component: RGB image -> faces (box, score, five landmarks), written by `fer plugin new`.
+
+OpenCV's frontal-face Haar cascade (shipped inside the opencv-python-headless wheel, so
+nothing is downloaded) finds the boxes; the five landmarks are placed at their mean
+positions inside the box. Replace ``detect`` with your detector; keep its contract
+(fer_core.testing.check_detector checks it): uint8 RGB [H, W, 3] of any size in, a list of
+fer_core.faces.face.Face out, best score first, landmarks ordered image-left eye,
+image-right eye, nose tip, image-left mouth corner, image-right mouth corner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fer_core.faces.face import Face, make_face
+
+LANDMARKS_IN_BOX = np.array([[0.30, 0.38], [0.68, 0.38], [0.51, 0.62], [0.31, 0.77], [0.71, 0.77]])
+
+
+class CascadeDetector:
+    def __init__(self, min_neighbors: int, min_size: int):
+        self.min_neighbors, self.min_size = min_neighbors, min_size
+        self.cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        if min(image.shape[:2]) < self.min_size:
+            return []
+        grey = cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY))
+        boxes, support = self.cascade.detectMultiScale2(grey, scaleFactor=1.1, minNeighbors=self.min_neighbors,
+                                                        minSize=(self.min_size, self.min_size))
+        faces = [make_face((x, y, x + w, y + h), n / (n + self.min_neighbors), LANDMARKS_IN_BOX * (w, h) + (x, y))
+                 for (x, y, w, h), n in zip(np.asarray(boxes).reshape(-1, 4), np.asarray(support).reshape(-1))]
+        return sorted(faces, key=lambda f: -f.score)
+
+
+def build_$component(min_neighbors: int = 5, min_size: int = 24) -> CascadeDetector:
+    """The ``$component`` detector."""
+    return CascadeDetector(min_neighbors, min_size)
+'''
+
+DETECTOR_TEST = '''\
+def test_more_neighbours_never_find_more_faces():
+    import numpy as np
+
+    from fer_core.testing.detector import hopper_photo
+    from $package.detector import build_$component
+
+    photo = np.ascontiguousarray(np.hstack([hopper_photo(), hopper_photo()[:, ::-1]]))  # two faces
+    found = [len(build_$component(min_neighbors=n).detect(photo)) for n in (3, 5, 40)]
+    assert found[0] >= found[1] >= found[2] and found[1] == 2
+'''
+
 EXAMPLES: dict[str, Example] = {
     "encoder": Example(
         "encoder", "images -> patch tokens [B, (input_size/patch_size)^2, embed_dim] (example encoder)", ENCODER,
@@ -316,5 +373,13 @@ EXAMPLES: dict[str, Example] = {
         "augment", "Gaussian pixel noise on one image, with probability p (example augment)", AUGMENT,
         {"std": 0.1, "p": 1.0}, AUGMENT_TEST,
         "augment:\n  sample: [{name: $component, std: 0.05, p: 0.5}]",
+    ),
+    "detector": Example(
+        "detector", "OpenCV Haar cascade faces with box-placed landmarks (example detector)", DETECTOR,
+        {"min_neighbors": 5}, DETECTOR_TEST,
+        "# detectors are picked on the command line, not in a recipe:\n"
+        "#   fer predict RUN photo.jpg --detector $component\n"
+        "#   fer data pack SOURCE OUT --format imagefolder --detect --detector $component",
+        '"opencv-python-headless>=4.8,<5"',
     ),
 }

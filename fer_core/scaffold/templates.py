@@ -15,7 +15,7 @@ readme = "README.md"
 requires-python = ">=3.11"
 license = "MIT"
 license-files = ["LICENSE"]
-dependencies = ["fer-core[torch]>=$core_version", "torch", "timm>=1.0"]
+dependencies = ["fer-core[torch]>=$core_version", $dependencies]
 
 [project.optional-dependencies]
 test = ["pytest>=8"]

@@ -5,6 +5,9 @@
     GET  /info      classes, recipe name, model format and size, limits, batching counters
     POST /predict   multipart/form-data, one or more files in field ``image`` (or ``images``)
                     -> [{filename, label, confidence, probabilities: {class: p}}, ...] in upload order
+    POST /faces     the same upload -> [{filename, width, height, faces: [{box, score, landmarks,
+                    label, confidence, probabilities}, ...]}, ...]: every face found, aligned and
+                    classified (501 when no face detector is installed)
 
 Bad requests get a 4xx with ``{"detail": "<one line>"}``: 400 empty request, empty file or
 malformed body; 413 a file over ``max_bytes`` or too many files; 415 not multipart, or a
@@ -25,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fer_core.predictor import Predictor, prediction
 from fer_core.serve.batching import Batcher
+from fer_core.serve.faces import FaceService
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 FIELDS = ("image", "images")
@@ -36,9 +40,13 @@ def one_line(text: object, limit: int = 200) -> str:
 
 
 def create_app(predictor: Predictor, max_bytes: int = 10_000_000, max_files: int = 32,
-               max_batch: int = 32, max_wait_ms: float = 5.0) -> FastAPI:
-    """An app serving ``predictor``; its batcher thread stops when the app shuts down."""
+               max_batch: int = 32, max_wait_ms: float = 5.0, faces: FaceService | None = None) -> FastAPI:
+    """An app serving ``predictor``; its batcher thread stops when the app shuts down.
+
+    ``faces`` serves ``POST /faces`` (default: ``FaceService(predictor)``, which builds the
+    first installed detector on the first request)."""
     batcher = Batcher(predictor.predict, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    faces = faces or FaceService(predictor)
     limits = {"max_bytes": max_bytes, "max_files": max_files, "max_batch": max_batch, "max_wait_ms": max_wait_ms}
 
     @asynccontextmanager
@@ -63,7 +71,7 @@ def create_app(predictor: Predictor, max_bytes: int = 10_000_000, max_files: int
 
     @app.get("/info")
     async def info() -> dict:
-        return {**predictor.info(), "limits": limits, "served": batcher.stats()}
+        return {**predictor.info(), "limits": limits, "served": batcher.stats(), "faces": faces.info()}
 
     @app.post("/predict")
     async def predict(request: Request) -> list[dict]:
@@ -76,14 +84,37 @@ def create_app(predictor: Predictor, max_bytes: int = 10_000_000, max_files: int
             except Exception as exc:
                 raise HTTPException(415, f"{_name(upload)}: not a readable image ({type(exc).__name__}); "
                                          f"send PNG, JPEG, WebP, BMP or GIF files") from None
-        try:
-            probs = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(image)) for image in images))
-        except Exception as exc:
-            raise HTTPException(500, f"prediction failed: {type(exc).__name__}: {one_line(exc)}") from None
+        probs = await _classify(batcher, images)
         return [{"filename": upload.filename, **prediction(predictor.classes, p)}
                 for upload, p in zip(uploads, probs)]
 
+    @app.post("/faces")
+    async def find_faces(request: Request) -> list[dict]:
+        uploads = await _uploads(request, max_bytes, max_files)
+        results = []
+        for upload in uploads:
+            data = await _read_limited(upload, max_bytes)
+            try:
+                image, crops, found = await run_in_threadpool(faces.prepare, data, _name(upload))
+            except faces.unavailable as exc:
+                raise HTTPException(501, str(exc)) from None
+            except faces.bad_image as exc:
+                raise HTTPException(415, str(exc)) from None
+            probs = await _classify(batcher, crops)
+            results.append({"filename": upload.filename, "width": int(image.shape[1]), "height": int(image.shape[0]),
+                            "faces": [{**face.as_dict(), **prediction(predictor.classes, p)}
+                                      for face, p in zip(found, probs)]})
+        return results
+
     return app
+
+
+async def _classify(batcher: Batcher, inputs: list) -> list:
+    """Class probabilities of each model input, through the batcher; a 500 with one line on failure."""
+    try:
+        return await asyncio.gather(*(asyncio.wrap_future(batcher.submit(x)) for x in inputs))
+    except Exception as exc:
+        raise HTTPException(500, f"prediction failed: {type(exc).__name__}: {one_line(exc)}") from None
 
 
 async def _uploads(request: Request, max_bytes: int, max_files: int) -> list[UploadFile]:

@@ -29,7 +29,12 @@ def _needs(module: str, extra: str) -> None:
 @click.option("--device", default="cpu", show_default=True, help="torch device for runs and checkpoints.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="CPU threads per forward pass [default: torch's / ONNX Runtime's choice].")
-def serve(model, host, port, max_bytes, max_files, max_batch, max_wait_ms, device, threads) -> None:
+@click.option("--detector", default=None, help="Face detector of POST /faces and the page  [default: the run's, "
+                                               "else the first installed]")
+@click.option("--margin", type=click.FloatRange(0, 2), default=None,
+              help="Alignment margin of POST /faces  [default: the run's, else 0.1]")
+def serve(model, host, port, max_bytes, max_files, max_batch, max_wait_ms, device, threads, detector,
+          margin) -> None:
     """Serve a web page and a JSON API (POST /predict) for a run, checkpoint or .onnx file."""
     _needs("fastapi", "serve")
     _needs("uvicorn", "serve")
@@ -38,9 +43,13 @@ def serve(model, host, port, max_bytes, max_files, max_batch, max_wait_ms, devic
     from fer_core.predictor import load_predictor
     from fer_core.serve.app import create_app
 
+    from fer_core.faces.photos import face_mode
+    from fer_core.serve.faces import FaceService
+
     predictor = load_predictor(model, device=device, threads=threads)
+    mode = face_mode(predictor, True, detector, margin) if detector or margin is not None else None
     app = create_app(predictor, max_bytes=max_bytes, max_files=max_files, max_batch=max_batch,
-                     max_wait_ms=max_wait_ms)
+                     max_wait_ms=max_wait_ms, faces=FaceService(predictor, mode))
     click.echo(f"serving '{predictor.name}' ({predictor.format}, {len(predictor.classes)} classes) "
                f"at http://{host}:{port}/  (Ctrl-C stops)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

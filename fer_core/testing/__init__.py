@@ -49,23 +49,30 @@ Options every ``check_<kind>`` takes besides its kind's sizes:
   for models too big for a unit test (pSp's 267M parameters); the checks that compare
   values (pickle, determinism) are skipped.
 
+Detectors are not torch modules: ``check_detector`` checks registered, parameters,
+builds, sizes (any image size), blank (no face on flat grey), finds_face (Grace Hopper on
+matplotlib's sample photo), determinism and input_untouched (``fer_core.testing.detector``).
+
 Without a CUDA device, "moves between devices" is checked through the meta device
 (``.to("meta")`` must move every tensor, and forward must then create nothing on the
 CPU); with one, the component also runs on CUDA and comes back unchanged.
 """
 
 from fer_core.testing.checks import CHECK_NAMES, run_checks
+from fer_core.testing.detector import DETECTOR_CHECKS, run_detector_checks
 from fer_core.testing.kinds import AugmentSpec, BackboneSpec, EncoderSpec, HeadSpec, LossSpec
 from fer_core.testing.plugin import check_plugin
 from fer_core.testing.subject import ConformanceError, Report
 
 __all__ = [
     "CHECK_NAMES",
+    "DETECTOR_CHECKS",
     "ConformanceError",
     "Report",
     "check_augment",
     "check_backbone",
     "check_component",
+    "check_detector",
     "check_encoder",
     "check_head",
     "check_loss",
@@ -112,12 +119,21 @@ def check_augment(name, params=None, *, num_classes=7, image_size=32, in_chans=3
     return run_checks(spec, name, params, plugin=plugin, registry=registry, meta=meta, skip=skip)
 
 
+def check_detector(name, params=None, *, plugin=None, registry=None, skip=()) -> Report:
+    """Detector ``name``: uint8 RGB images [H, W, 3] of any size -> a list of ``Face`` (box, score in
+    [0, 1], five landmarks). Checked in order: registered, parameters, builds (has ``detect``), sizes
+    (noise from 1x1 to 640x480), blank (no face on flat grey), finds_face (Grace Hopper's face and eyes
+    on matplotlib's sample photo), determinism, input_untouched (``DETECTOR_CHECKS``)."""
+    return run_detector_checks(name, params, plugin=plugin, registry=registry, skip=skip)
+
+
 CHECKERS = {
     "encoder": check_encoder,
     "backbone": check_backbone,
     "head": check_head,
     "loss": check_loss,
     "augment": check_augment,
+    "detector": check_detector,
 }
 
 
