@@ -233,8 +233,8 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
                 with sync:
                     with autocast():
                         if wants_batch:
-                            logits, mixed, seen = net(inputs, targets, encoded=encoded, return_inputs=True)
-                            loss = loss_fn(logits, mixed, inputs=seen, keys=keys)
+                            logits, mixed, mixed_inputs = net(inputs, targets, encoded=encoded, return_inputs=True)
+                            loss = loss_fn(logits, mixed, inputs=mixed_inputs, keys=keys)
                         else:
                             logits, mixed = net(inputs, targets, encoded=encoded)
                             loss = loss_fn(logits, mixed)
