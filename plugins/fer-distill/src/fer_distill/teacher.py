@@ -59,7 +59,8 @@ class RunTeacher(Teacher):
         trained = load_trained(path)
         self.model = trained.model.eval().requires_grad_(False)
         data = trained.recipe["data"]
-        self.classes, self.image_size, self.channels = list(trained.classes), int(data["image_size"]), int(data["channels"])
+        self.classes = list(trained.classes)
+        self.image_size, self.channels = int(data["image_size"]), int(data["channels"])
         self.source = str(trained.checkpoint)
 
     def train(self, mode: bool = True) -> RunTeacher:
