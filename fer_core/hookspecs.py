@@ -79,7 +79,13 @@ def register_losses(register: Register) -> None:
 
     Called once per plugin when the registry is built. Targets are class ids
     [B] (int64) or soft targets [B,C] (float); factories may accept
-    ``class_counts`` to weight classes (``class_weights: auto``).
+    ``class_counts`` to weight classes (``class_weights: auto``), ``classes``
+    (the class names) and ``recipe`` (the resolved recipe). A loss module with
+    ``wants_batch = True`` is called in training as ``loss(logits, targets,
+    inputs=inputs, keys=keys)``: the backbone's inputs after the batch augments
+    and the batch's sample keys (list of str); evaluation calls it without them.
+    A factory may carry ``check_spec(params, path)``, which ``fer recipe check``
+    calls to reject values that cannot work (a missing file) in one line.
     """
 
 

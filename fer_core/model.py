@@ -41,14 +41,17 @@ class FerModel(nn.Module):
                 return self.encoder(images)
         return self.encoder(images)
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None,
-                encoded: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits, and the targets as mixed by batch augments (in training only)."""
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None, encoded: bool = False,
+                return_inputs: bool = False) -> tuple[torch.Tensor, ...]:
+        """Logits, and the targets as mixed by batch augments (in training only); with
+        ``return_inputs`` also the backbone's input after the batch augments (the images, for
+        image models), for losses that read the batch (``wants_batch``)."""
         x = inputs if encoded else self.encode(inputs)
         if self.training and targets is not None:
             for augment in self.batch_augments:
                 x, targets = augment(x, targets)
-        return self.head(self.backbone(x)), targets
+        logits = self.head(self.backbone(x))
+        return (logits, targets, x) if return_inputs else (logits, targets)
 
     def param_groups(self, lr: float, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
         """Optimiser groups: a component's own ``param_groups`` when it has one, else decay / no-decay."""

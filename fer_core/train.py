@@ -131,9 +131,10 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
     seed_everything(recipe["seed"])
     registry = get_host().registry
     model = build_model(recipe, registry, classes).to(env.device)
-    loss_fn = registry.build("loss", recipe["loss"], "loss",
-                             {"num_classes": len(classes), "class_counts": class_counts}).to(env.device)
     sample_augments = build_sample_augments(recipe, registry, len(classes))
+    loss_fn = registry.build("loss", recipe["loss"], "loss", {"num_classes": len(classes), "class_counts": class_counts,
+                                                              "classes": classes, "recipe": recipe}).to(env.device)
+    wants_batch = getattr(loss_fn, "wants_batch", False)  # called with the step's inputs and sample keys
     # a frozen encoder's outputs cached as latent shards are read instead of running it
     latents = cached_latents(data_cfg, recipe["model"]["encoder"], model.encoder,
                              frozen=model.frozen.get("encoder", False), sample_augments=sample_augments,
@@ -224,15 +225,19 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
             task = progress.add_task("train", total=len(train_loader), epoch=epoch + 1, loss=0.0, acc=0.0, rate=0.0)
             started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
             optimizer.zero_grad(set_to_none=True)
-            for i, (inputs, targets, _) in enumerate(train_loader):
+            for i, (inputs, targets, keys) in enumerate(train_loader):
                 inputs = inputs.to(env.device, non_blocking=True)
                 targets = targets.to(env.device, non_blocking=True)
                 last_micro = (i + 1) % accumulate == 0 or i + 1 == len(train_loader)
                 sync = contextlib.nullcontext() if last_micro or not env.distributed else net.no_sync()
                 with sync:
                     with autocast():
-                        logits, mixed = net(inputs, targets, encoded=encoded)
-                        loss = loss_fn(logits, mixed)
+                        if wants_batch:
+                            logits, mixed, mixed_inputs = net(inputs, targets, encoded=encoded, return_inputs=True)
+                            loss = loss_fn(logits, mixed, inputs=mixed_inputs, keys=keys)
+                        else:
+                            logits, mixed = net(inputs, targets, encoded=encoded)
+                            loss = loss_fn(logits, mixed)
                     if distributed.any_true(env, not torch.isfinite(loss).item()):
                         raise NonFiniteLoss(
                             f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; the run stopped and "

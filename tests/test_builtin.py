@@ -94,6 +94,7 @@ def test_timm_tokens_latents_are_cached_only_with_fixed_weights(registry):
     ("resnet10t", 3, 512),
     ("resnet10t", 1, 512),
     ("vit_tiny_patch16_224", 3, 192),  # built at 32 pixels from the context's image_size
+    ("mobilenetv3_small_050", 3, 1024),  # pooled 288 channels, widened by its conv head
 ])
 def test_timm_backbone_gives_pooled_features(registry, model, in_chans, features):
     context = {**BACKBONE_CONTEXT, "in_chans": in_chans}

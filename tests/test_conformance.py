@@ -49,6 +49,25 @@ OPTIONS = {
 }
 
 
+@pytest.fixture(scope="module")
+def teacher_checkpoint(tmp_path_factory) -> Path:
+    """An untrained 7-class checkpoint in fer's format, for fer-distill's `distill` loss."""
+    from fer_core.data.labels import CANONICAL_CLASSES
+    from fer_core.model import build_model
+    from fer_core.recipe import load_recipe
+    from fer_core.runs import save_checkpoint
+
+    folder = tmp_path_factory.mktemp("teacher")
+    (folder / "teacher.yaml").write_text("data: {root: data, image_size: 16}\n"
+                                         "model: {backbone: {name: timm, model: test_convnext3}}\n")
+    recipe = load_recipe(folder / "teacher.yaml")
+    classes = list(CANONICAL_CLASSES[:7])  # the check builds losses for 7 classes
+    model = build_model(recipe, get_host().registry, classes)
+    save_checkpoint(folder / "teacher.pt", {"model": model.state_dict(), "ema": None, "recipe": recipe,
+                                            "classes": classes})
+    return folder / "teacher.pt"
+
+
 def repo_components() -> list[Component]:
     host = PluginHost(env={})
     owners = {"fer-core", *PLUGIN_DISTS}
@@ -65,9 +84,12 @@ def test_every_plugin_in_the_repo_is_installed_and_loads():
 
 @pytest.mark.filterwarnings("ignore:.*randomly initialised:UserWarning")
 @pytest.mark.parametrize("component", repo_components(), ids=lambda c: f"{c.kind}-{c.name}")
-def test_component_conforms(component, one_thread):
+def test_component_conforms(component, one_thread, request):
     key = (component.kind, component.name)
-    report = check_component(component.kind, component.name, PARAMS.get(key), plugin=component.plugin,
+    params = PARAMS.get(key)
+    if key == ("loss", "distill"):  # its teacher is a checkpoint file
+        params = {"teacher": str(request.getfixturevalue("teacher_checkpoint"))}
+    report = check_component(component.kind, component.name, params, plugin=component.plugin,
                              **OPTIONS.get(key, {}))
     names = DETECTOR_CHECKS if component.kind == "detector" else CHECK_NAMES  # detectors are no torch modules
     assert report.passed[:4] == list(names[:4])

@@ -17,9 +17,10 @@ class SampleAugment(nn.Module):
     stage = "sample"
     spaces = ("image",)
 
-    def __init__(self, transform: nn.Module):
+    def __init__(self, transform: nn.Module, deterministic: bool = False):
         super().__init__()
         self.transform = transform
+        self.deterministic = deterministic  # the same image in gives the same image out (no randomness)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.transform(image)
@@ -31,7 +32,7 @@ def _uint8_policy(transform: nn.Module) -> nn.Module:
 
 
 def resize(size: Annotated[int, Range(1, 4096)] = 224) -> SampleAugment:
-    return SampleAugment(v2.Resize((size, size), antialias=True))
+    return SampleAugment(v2.Resize((size, size), antialias=True), deterministic=True)
 
 
 def random_resized_crop(size: Annotated[int, Range(1, 4096)] = 224, scale: list[float] = (0.8, 1.0), ratio: list[float] = (0.9, 1.1)) -> SampleAugment:

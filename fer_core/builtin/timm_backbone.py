@@ -36,7 +36,8 @@ class TimmBackbone(nn.Module):
     def __init__(self, model: nn.Module, normalize: bool):
         super().__init__()
         self.model = model
-        self.num_features = model.num_features
+        # the width of forward's output: models with a pre-logits conv head (MobileNetV3) widen it
+        self.num_features = getattr(model, "head_hidden_size", None) or model.num_features
         self.normalize = ImageNormalize(model) if normalize else nn.Identity()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
