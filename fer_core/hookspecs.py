@@ -84,8 +84,6 @@ def register_losses(register: Register) -> None:
     ``wants_batch = True`` is called in training as ``loss(logits, targets,
     inputs=inputs, keys=keys)``: the backbone's inputs after the batch augments
     and the batch's sample keys (list of str); evaluation calls it without them.
-    A factory may carry ``check_spec(params, path)``, which ``fer recipe check``
-    calls to reject values that cannot work (a missing file) in one line.
     """
 
 

@@ -179,9 +179,6 @@ class Registry:
         missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in spec]
         if missing:
             raise RecipeError(f"{path}.{missing[0]}: required parameter of '{component.name}' is missing")
-        check_spec = getattr(component.load(), "check_spec", None)  # a factory's own checks (files exist, ...)
-        if callable(check_spec):
-            check_spec({k: v for k, v in spec.items() if k not in RESERVED}, path)
         return component
 
     def build(self, kind: str, spec: Mapping[str, Any], path: str, context: Mapping[str, Any]) -> Any:

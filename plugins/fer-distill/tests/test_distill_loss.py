@@ -162,8 +162,9 @@ def test_a_teacher_with_other_classes_is_refused_in_one_line(tmp_path, synth, te
 
 def test_a_missing_teacher_is_a_one_line_error_in_recipe_check(tmp_path, synth):
     missing = tmp_path / "runs" / "nothing"
+    recipe = distill_recipe(tmp_path, synth, missing)  # the values are valid; building the loss fails
     with pytest.raises(RecipeError, match="^loss.teacher: .* does not exist"):
-        distill_recipe(tmp_path, synth, missing)
+        build(recipe)
     result = CliRunner().invoke(main, ["recipe", "check", str(tmp_path / "recipe.yaml")])
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and "does not exist" in result.output

@@ -22,14 +22,15 @@ validation loss of ``evaluate``) the loss is the hard-label term alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fer_core.builtin.losses import CrossEntropy, class_weight_tensor
+from fer_core.constraints import Range
 from fer_core.errors import RecipeError
 from fer_core.model import build_sample_augments
 from fer_core.plugins import get_registry
@@ -99,23 +100,11 @@ def _note(text: str) -> None:
         print(f"note: {text}", flush=True)
 
 
-def check_spec(params: Mapping[str, Any], path: str) -> None:
-    """What ``fer recipe check`` can tell without loading the teacher."""
-    if "teacher" in params:
-        check_teacher_path(str(params["teacher"]), f"{path}.teacher")
-    if params.get("temperature", 1.0) <= 0:
-        raise RecipeError(f"{path}.temperature: must be positive, got {params['temperature']}")
-    if not 0.0 <= params.get("alpha", 0.5) <= 1.0:
-        raise RecipeError(f"{path}.alpha: must be in [0, 1] (1: teacher only, 0: labels only), got {params['alpha']}")
-    if not 0.0 <= params.get("label_smoothing", 0.0) < 1.0:
-        raise RecipeError(f"{path}.label_smoothing: must be in [0, 1), got {params['label_smoothing']}")
-
-
 def build_distill(
     teacher: str,
-    temperature: float = 4.0,
-    alpha: float = 0.5,
-    label_smoothing: float = 0.0,
+    temperature: Annotated[float, Range(0, None, lo_open=True)] = 4.0,
+    alpha: Annotated[float, Range(0, 1)] = 0.5,
+    label_smoothing: Annotated[float, Range(0, 1, hi_open=True)] = 0.0,
     class_weights: list[float] | str | None = None,
     cache: bool = True,
     num_classes: int = 7,
@@ -128,8 +117,7 @@ def build_distill(
     ``alpha`` weighs the soft teacher term against the hard-label cross-entropy (which takes
     ``label_smoothing`` and ``class_weights`` as the built-in cross_entropy does); ``cache``
     keeps the teacher's logits per sample when the recipe's augmentation allows it."""
-    check_spec({"teacher": teacher, "temperature": temperature, "alpha": alpha,
-                "label_smoothing": label_smoothing}, "loss")
+    check_teacher_path(str(teacher), "loss.teacher")
     loaded = load_teacher(teacher, classes)
     if classes is None and num_classes != len(loaded.classes):
         raise RecipeError(f"loss.teacher: {teacher} predicts {len(loaded.classes)} classes, the student "
@@ -144,6 +132,3 @@ def build_distill(
         else:
             logit_cache = LogitCache(sum(class_counts), num_classes)
     return DistillLoss(loaded, hard, temperature, alpha, logit_cache)
-
-
-build_distill.check_spec = check_spec  # called by Registry.check_params, so by `fer recipe check`
