@@ -38,7 +38,7 @@ def differing_keys(recipes: Sequence[Mapping[str, Any]]) -> list[str]:
     return [k for k in keys if k != "name" and len({json.dumps(r.get(k), sort_keys=True) for r in recipes}) > 1]
 
 
-def compare_table(run_dirs: Sequence[str | Path], metric: str = "accuracy"):
+def compare_table(run_dirs: Sequence[str | Path], metric: str = "accuracy", worst_group: str | None = None):
     from rich.table import Table
 
     runs = [load_run(d) for d in run_dirs]
@@ -47,6 +47,8 @@ def compare_table(run_dirs: Sequence[str | Path], metric: str = "accuracy"):
     table = Table(title=f"{len(runs)} runs sorted by test {metric}")
     for column in ("run", "accuracy", "f1_macro", "f1_weighted", "params (trainable)", "train s", "img/s"):
         table.add_column(column, justify="left" if column == "run" else "right")
+    if worst_group:
+        table.add_column(f"worst {worst_group}", justify="right")
     for key in diffs:
         table.add_column(key)
     for r in runs:
@@ -54,5 +56,18 @@ def compare_table(run_dirs: Sequence[str | Path], metric: str = "accuracy"):
         table.add_row(
             f"{s['recipe']}\n{r['dir']}", *(f"{s['test'][m]:.4f}" for m in ("accuracy", "f1_macro", "f1_weighted")),
             f"{s['parameters']:,} ({s['trainable_parameters']:,})", f"{s['train_time_s']:.0f}",
-            f"{s['inference_images_per_s']:.0f}", *(str(r["recipe"].get(k, "-")) for k in diffs))
+            f"{s['inference_images_per_s']:.0f}", *_worst_cell(r, worst_group),
+            *(str(r["recipe"].get(k, "-")) for k in diffs))
+    if worst_group:
+        table.caption = f"worst {worst_group}: from RUN/eval/<test split>/report.json (`fer eval RUN --by {worst_group}`)"
     return table
+
+
+def _worst_cell(run: Mapping[str, Any], attribute: str | None) -> list[str]:
+    """The worst group of ``attribute`` in the run's ``fer eval --by`` report of its test split (RUN/eval/<split>/)."""
+    if not attribute:
+        return []
+    path = run["dir"] / "eval" / run["summary"].get("test_split", "test") / "report.json"
+    groups = json.loads(path.read_text()).get("groups") or {} if path.is_file() else {}
+    worst = groups.get(attribute, {}).get("worst")
+    return [f"{worst['accuracy']:.4f} ({worst['group']})" if worst else "-"]
