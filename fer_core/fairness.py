@@ -7,8 +7,9 @@ accuracy minus the worst group's, among groups with at least ``min_support`` sam
 
 Its interval has to hold although the best and the worst group are picked from the same data
 that measures them: with seven groups of equal true accuracy, the spread of their measured
-accuracies is about twice the standard error of one difference, so a plain interval of
-"best minus worst" would exclude zero for balanced data about half the time. The interval is
+accuracies is about twice the standard error of one difference, so a plain percentile interval
+of "best minus worst" excludes zero for balanced data about a third of the time (34 % of 300
+simulated sets of seven groups of 80 samples at 80 % accuracy; this interval: 3.7 %). The interval is
 therefore simultaneous over all pairs of groups (a max-type bootstrap): each resample draws
 every group's samples with replacement, independently per group (so a group's resampled
 accuracy is Binomial(n_g, acc_g) / n_g, which is drawn directly), and ``c`` is the ``level``

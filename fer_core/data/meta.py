@@ -86,13 +86,16 @@ class MetaSummary:
     """Counts (category fields) and ranges and histograms (number fields) per split, for the manifest."""
 
     fields: Mapping[str, Field]
+    seen: bool = False  # whether any sample had a value
     _splits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, split: str, meta: Mapping[str, Any]) -> None:
+        """Count one written sample of ``split`` with its values (empty: it has none)."""
         entry = self._splits.setdefault(split, {"n": 0, "values": {name: [] for name in self.fields}})
         entry["n"] += 1
         for name, value in meta.items():
             entry["values"][name].append(value)
+            self.seen = True
 
     def section(self) -> dict[str, Any]:
         """The manifest's ``meta`` section (empty when no field is declared)."""

@@ -191,8 +191,7 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
                         if sample.meta:
                             fields[META_FIELD] = encode_meta(meta_fields, sample.meta)
                         writer.write(sample.key, sample.label, fields)
-                        if meta_fields:
-                            meta_summary.add(split, sample.meta)
+                        meta_summary.add(split, sample.meta)
                         channels.add(image.channels)
                         sizes.add(image.size)
                     bar.advance(task)
@@ -205,10 +204,10 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "source_format": source_format,
         "classes": classes,
         "image": {"channels": 3 if 3 in channels else 1, "size": list(sizes.pop()) if len(sizes) == 1 else None},
-        "splits": entries, "extras": list(extras) + (["meta"] if meta_fields else []),
+        "splits": entries, "extras": list(extras) + (["meta"] if meta_summary.seen else []),
         "dropped": dict(sorted(dropped.items())), "seed": seed, "created_by": f"fer-core {__version__}",
     }
-    if meta_fields:
+    if meta_summary.seen:  # a format's attributes, when any sample had them
         manifest["meta"] = meta_summary.section()
     if synth_settings:
         manifest["synth"] = synth_settings
