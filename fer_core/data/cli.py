@@ -160,7 +160,7 @@ def encode(shard_dir: Path, out_dir: Path | None, encoder: str, checkpoint: str 
 @click.argument("dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(dir: Path, as_json: bool) -> None:
-    """Describe the data set in DIR: splits, shards, samples per class, bytes, source format."""
+    """Describe the data set in DIR: splits, shards, samples per class, bytes, source format, per-sample attributes."""
     from fer_core.data.pack import dataset_summary, summary_table
 
     summary = dataset_summary(dir)
