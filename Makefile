@@ -32,6 +32,7 @@ bench: install
 	$(PY) benchmarks/trainer_overhead.py
 	$(PY) benchmarks/encode.py
 	$(PY) benchmarks/serve.py --onnx
+	$(PY) benchmarks/fairness_synth.py
 
 clean:
 	rm -rf $(VENV) runs data

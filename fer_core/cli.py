@@ -225,30 +225,40 @@ def resume_or_restart(resume: str, run, run_pretrain) -> None:
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), help="Evaluate on another packed data set.")
 @click.option("--split", default="test", show_default=True, help="Split to evaluate.")
 @click.option("--tta", type=click.Choice(["flip"]), help="Test-time augmentation.")
+@click.option("--by", "by", multiple=True, metavar="ATTRIBUTE",
+              help="Also score each group of this per-sample attribute (repeatable; `fer data info` lists them).")
+@click.option("--bootstrap", "resamples", default=2000, show_default=True, type=click.IntRange(min=100),
+              help="Resamples of the bootstrap interval of the largest group gap.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--min-support", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Groups with fewer samples are listed but left out of the largest gap.")
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder  [default: RUN/eval/<split>[-<data dir>]]")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def eval_command(run_or_checkpoint, data_dir, split, tta, as_json) -> None:
-    """Evaluate a trained run (its best checkpoint) on a split."""
+def eval_command(run_or_checkpoint, data_dir, split, tta, by, resamples, seed, min_support, out, as_json) -> None:
+    """Evaluate a trained run (its best checkpoint) on a split; write the report into the run."""
     import torch
 
-    from fer_core.data.sources import cached_latents, make_loader
-    from fer_core.evaluate import evaluate, report_table
+    from fer_core.assess import eval_dir, evaluate_run
+    from fer_core.evaluate import report_table
+    from fer_core.fairness import group_table
     from fer_core.inference import load_trained
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     trained = load_trained(run_or_checkpoint, device)
-    data = dict(trained.recipe["data"])
-    if data_dir:
-        data.update(root=data_dir, sources=None)
-    latents = cached_latents(data, trained.recipe["model"]["encoder"], trained.model.encoder,
-                             frozen=trained.model.frozen.get("encoder", False), device=device)
-    loader = make_loader(data, split, trained.classes, trained.recipe["eval"]["batch_size"], train=False,
-                         seed=trained.recipe["seed"], latent=latents is not None, roots=latents)
-    result = evaluate(trained.model, loader, len(trained.classes), torch.device(device),
-                      encoded=latents is not None, tta=tta)
+    out = out or eval_dir(run_or_checkpoint, split, data_dir)
+    report = evaluate_run(trained, data_dir=data_dir, split=split, tta=tta, by=by, resamples=resamples, seed=seed,
+                          min_support=min_support, out=out, device=device)
     if as_json:
-        click.echo(json.dumps({"checkpoint": str(trained.checkpoint), "split": split, **result}, indent=2))
+        click.echo(json.dumps(report, indent=2))
         return
-    console.print(report_table({"recipe": trained.recipe["name"], "split": split, "classes": trained.classes, **result}))
+    console.print(report_table(report))
+    console.print(f"expected calibration error: {report['ece']:.4f}"
+                  + (f" ({report['calibrated']['ece']:.4f} with temperature {trained.temperature:.3f})"
+                     if "calibrated" in report else ""), highlight=False)
+    for attribute, groups in report["groups"].items():
+        console.print(group_table(attribute, groups))
+    if out is not None:
+        console.print(f"report: {Path(out) / 'report.md'}", highlight=False, soft_wrap=True)
 
 
 @main.command("predict")
@@ -287,15 +297,17 @@ def predict_command(run_or_checkpoint, images, top_k, batch_size, as_json, detec
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]),
               help="Print (or write) Markdown, CSV or JSON instead of a table  [default: table, or --output's suffix].")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the comparison to this file.")
-def compare_command(runs, metric, fmt, output) -> None:
+@click.option("--worst-group", metavar="ATTRIBUTE", default=None,
+              help="Add the worst group's test accuracy from each run's `fer eval --by ATTRIBUTE` report.")
+def compare_command(runs, metric, fmt, output, worst_group) -> None:
     """Compare runs in one table, with their status and the recipe keys that differ."""
     from fer_core.compare import compare_rows, compare_table, compare_text, output_format
 
     fmt = output_format(fmt, output)
     if fmt == "table":
-        console.print(compare_table(runs, metric))
+        console.print(compare_table(runs, metric, worst_group))
         return
-    text = compare_text(*compare_rows(runs, metric), fmt, metric)
+    text = compare_text(*compare_rows(runs, metric, worst_group), fmt, metric)
     if not output:
         click.echo(text, nl=False)
         return
@@ -311,6 +323,7 @@ def _add_subcommands() -> None:
     from fer_core.generate import generate
     from fer_core.recipes.cli import recipe_copy, recipe_list
     from fer_core.study import study
+    from fer_core.eval_cli import calibrate, crosseval
 
     main.add_command(data)
     main.add_command(plugin)
@@ -320,6 +333,8 @@ def _add_subcommands() -> None:
     main.add_command(generate)
     recipe.add_command(recipe_list)
     recipe.add_command(recipe_copy)
+    main.add_command(calibrate)
+    main.add_command(crosseval)
 
 
 _add_subcommands()

@@ -50,8 +50,12 @@ def differing_keys(recipes: Sequence[Mapping[str, Any]]) -> list[str]:
     return [k for k in keys if k != "name" and len({json.dumps(r.get(k), sort_keys=True) for r in recipes}) > 1]
 
 
-def compare_rows(run_dirs: Sequence[str | Path], metric: str = "accuracy") -> tuple[list[dict[str, Any]], list[str]]:
-    """One plain row per run (finished runs first, best ``metric`` first) and the recipe keys that differ."""
+def compare_rows(run_dirs: Sequence[str | Path], metric: str = "accuracy", worst_group: str | None = None
+                 ) -> tuple[list[dict[str, Any]], list[str]]:
+    """One plain row per run (finished runs first, best ``metric`` first) and the recipe keys that differ.
+
+    ``worst_group``: an attribute whose worst group (from ``fer eval RUN --by ATTRIBUTE``) each row gets.
+    """
     states = [run_state(d) for d in run_dirs]
     recipes = [flatten(s.recipe) for s in states]
     diffs = differing_keys([r for r, s in zip(recipes, states) if s.recipe])
@@ -65,6 +69,8 @@ def compare_rows(run_dirs: Sequence[str | Path], metric: str = "accuracy") -> tu
         for key, *_ in NUMBERS:
             value = test.get(key, summary.get(key))
             row[key] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if worst_group:
+            row["worst_group"] = _worst_group(state.dir, summary, worst_group)
         row.update({key: recipe.get(key) for key in diffs})
         rows.append(row)
 
@@ -76,14 +82,16 @@ def compare_rows(run_dirs: Sequence[str | Path], metric: str = "accuracy") -> tu
     return rows, diffs
 
 
-def compare_table(run_dirs: Sequence[str | Path], metric: str = "accuracy"):
+def compare_table(run_dirs: Sequence[str | Path], metric: str = "accuracy", worst_group: str | None = None):
     """A rich renderable that fits the console it is printed on."""
-    rows, diffs = compare_rows(run_dirs, metric)
-    return Fitted(lambda width: [rich_table(rows, diffs, metric, width)])
+    rows, diffs = compare_rows(run_dirs, metric, worst_group)
+    return Fitted(lambda width: [rich_table(rows, diffs, metric, width, worst_group)])
 
 
-def rich_table(rows: list[dict[str, Any]], diffs: list[str], metric: str, width: int):
+def rich_table(rows: list[dict[str, Any]], diffs: list[str], metric: str, width: int, worst_group: str | None = None):
     columns = [Col("run", "left", wrap=True), Col("status", "left", wrap=True), *(col for _, col, _, _ in NUMBERS)]
+    if worst_group:
+        columns.append(Col(f"worst {worst_group}", "right", wrap=True))
     if diffs:
         columns.append(Col("recipe differences", "left", wrap=True))
     cells = []
@@ -91,32 +99,38 @@ def rich_table(rows: list[dict[str, Any]], diffs: list[str], metric: str, width:
         line = [f"{row['run']}\n{row['dir']}",
                 Text(row["note"], style="green" if row["status"] == FINISHED else "red"),
                 *(_number(row[key], pattern) for key, _, _, pattern in NUMBERS)]
+        if worst_group:
+            line.append(_worst_text(row["worst_group"]))
         if diffs:
             line.append("\n".join(f"{key}={_value(row[key])}" for key in diffs))
         cells.append(line)
-    return fit(columns, cells, width, title=f"{len(rows)} runs sorted by test {metric}",
-               caption="fer compare --format md|csv|json writes every column")
+    caption = "fer compare --format md|csv|json writes every column"
+    if worst_group:
+        caption += f"; worst {worst_group}: from `fer eval RUN --by {worst_group}` (RUN/eval/<test split>/)"
+    return fit(columns, cells, width, title=f"{len(rows)} runs sorted by test {metric}", caption=caption)
 
 
 def compare_text(rows: list[dict[str, Any]], diffs: list[str], fmt: str, metric: str = "accuracy") -> str:
     """The comparison as Markdown, CSV or JSON text."""
     if fmt == "json":
         return json.dumps({"metric": metric, "differing_keys": diffs, "runs": rows}, indent=2) + "\n"
-    titles = ["run", "dir", "status", *(title for _, _, title, _ in NUMBERS), *diffs]
+    worst = [key for key in ("worst_group",) if any(key in row for row in rows)]
+    titles = ["run", "dir", "status", *(title for _, _, title, _ in NUMBERS), *(["worst group"] if worst else []),
+              *diffs]
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(titles)
         for row in rows:
             writer.writerow([row["run"], row["dir"], row["note"], *(row[key] for key, *_ in NUMBERS),
-                             *(_value(row[key]) for key in diffs)])
+                             *(_worst_text(row[key]) for key in worst), *(_value(row[key]) for key in diffs)])
         return buffer.getvalue()
     if fmt == "md":
         lines = ["| " + " | ".join(titles) + " |",
-                 "|" + "|".join(["---"] * 3 + ["---:"] * len(NUMBERS) + ["---"] * len(diffs)) + "|"]
+                 "|" + "|".join(["---"] * 3 + ["---:"] * (len(NUMBERS) + len(worst)) + ["---"] * len(diffs)) + "|"]
         for row in rows:
             cells = [row["run"], row["dir"], row["note"], *(_number(row[key], pattern) for key, _, _, pattern in NUMBERS),
-                     *(_value(row[key]) for key in diffs)]
+                     *(_worst_text(row[key]) for key in worst), *(_value(row[key]) for key in diffs)]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         return "\n".join(lines) + "\n"
     raise FerError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -142,3 +156,18 @@ def _number(value: Any, fmt: str) -> str:
 
 def _value(value: Any) -> str:
     return "-" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
+def _worst_group(run_dir: Path, summary: Mapping[str, Any], attribute: str) -> dict[str, Any] | None:
+    """The worst group of ``attribute`` in the run's ``fer eval --by`` report of its test split, or None."""
+    path = Path(run_dir) / "eval" / summary.get("test_split", "test") / "report.json"
+    try:
+        groups = json.loads(path.read_text()).get("groups") or {}
+    except (OSError, ValueError):
+        return None
+    worst = groups.get(attribute, {}).get("worst")
+    return {"group": worst["group"], "accuracy": worst["accuracy"]} if worst else None
+
+
+def _worst_text(worst: Mapping[str, Any] | None) -> str:
+    return f"{worst['accuracy']:.4f} ({worst['group']})" if worst else "-"

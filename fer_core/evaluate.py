@@ -17,6 +17,8 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from fer_core.calibration import Reliability, calibration_markdown, plot_reliability, reliability_summary
+from fer_core.fairness import fairness_markdown, plot_groups
 from fer_core.runs import write_json, write_text
 
 
@@ -30,21 +32,25 @@ def metric_collection(num_classes: int) -> MetricCollection:
         "recall": MulticlassRecall(c, average="none"),
         "f1": MulticlassF1Score(c, average="none"),
         "confusion": MulticlassConfusionMatrix(c),
+        "reliability": Reliability(),
     })
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, device: torch.device,
              *, encoded: bool = False, tta: str | None = None, amp_dtype: torch.dtype | None = None,
-             loss_fn: torch.nn.Module | None = None) -> dict[str, Any]:
-    """Metrics of ``model`` over ``batches`` of (inputs, targets, keys); synced across DDP ranks."""
+             loss_fn: torch.nn.Module | None = None, outputs: list | None = None) -> dict[str, Any]:
+    """Metrics of ``model`` over ``batches`` of (inputs, targets, keys); synced across DDP ranks.
+
+    ``outputs``, when given, receives (logits, class ids, keys) of every batch, on the CPU.
+    """
     was_training = model.training
     model.eval()
     metrics = metric_collection(num_classes).to(device)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     count = torch.zeros((), device=device, dtype=torch.float64)
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext())
-    for inputs, targets, _ in batches:
+    for inputs, targets, keys in batches:
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with autocast:
             logits = predict_logits(model, inputs, encoded=encoded, tta=tta)
@@ -54,6 +60,8 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, device
             loss_sum += loss_fn(logits, targets).double() * len(hard)
         count += len(hard)
         metrics.update(logits, hard)
+        if outputs is not None:
+            outputs.append((logits.cpu(), hard.cpu(), list(keys)))
     result = metrics.compute()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(loss_sum)
@@ -70,6 +78,8 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, device
         "support": confusion.sum(dim=1).tolist(),
     }
     out["confusion"] = confusion.tolist()
+    out["reliability"] = reliability_summary(result["reliability"])
+    out["ece"] = out["reliability"]["ece"]
     out["samples"] = int(count.item())
     return out
 
@@ -86,11 +96,17 @@ def predict_logits(model: torch.nn.Module, inputs: torch.Tensor, *, encoded: boo
 # -- reports ------------------------------------------------------------------
 def write_report(run_dir: Path, name: str, result: Mapping[str, Any], classes: list[str],
                  split: str, extra: Mapping[str, Any] | None = None) -> None:
-    """report.json, report.md and confusion.png of one evaluation."""
+    """report.json, report.md, confusion.png and reliability.png of one evaluation (and groups-<attribute>.png
+    for each attribute in ``extra["groups"]``)."""
     report = {"recipe": name, "split": split, "classes": classes, **result, **(extra or {})}
     write_json(run_dir / "report.json", report)
     write_text(run_dir / "report.md", report_markdown(report))
     plot_confusion(run_dir / "confusion.png", result["confusion"], classes)
+    if "reliability" in report:
+        plot_reliability(run_dir / "reliability.png", report["reliability"], report.get("calibrated"),
+                         title=f"{name}: {split} split")
+    for attribute, groups in (report.get("groups") or {}).items():
+        plot_groups(run_dir / f"groups-{attribute}.png", groups, title=f"{name}: {split} split")
 
 
 def report_markdown(report: Mapping[str, Any]) -> str:
@@ -99,7 +115,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
              f"- samples: {report['samples']}",
              f"- accuracy: {report['accuracy']:.4f}",
              f"- macro F1: {report['f1_macro']:.4f}",
-             f"- weighted F1: {report['f1_weighted']:.4f}", "",
+             f"- weighted F1: {report['f1_weighted']:.4f}", *calibration_markdown(report), "",
              "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for i, name in enumerate(classes):
         lines.append(f"| {name} | {per['precision'][i]:.3f} | {per['recall'][i]:.3f} | "
@@ -108,6 +124,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
               "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
     for i, row in enumerate(report["confusion"]):
         lines.append(f"| {classes[i]} | " + " | ".join(str(v) for v in row) + " |")
+    lines += fairness_markdown(report.get("groups") or {})
     return "\n".join(lines) + "\n"
 
 

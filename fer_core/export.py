@@ -4,9 +4,12 @@ The exported graph takes ``images`` float32 [batch, channels, image_size, image_
 [0, 1] (the recipe's data size; encoders resize and normalise inside the graph, as they
 do in PyTorch) and returns ``logits`` [batch, num_classes]; the batch axis is dynamic.
 Logits rather than probabilities keep the graph identical to ``FerModel.forward`` (the
-predictors apply the softmax). Everything needed to use the file alone is stored in the
-model's metadata_props as JSON values under ``fer.*``: classes, recipe_name, image_size,
-channels, parameters, output, and the resolved recipe.
+predictors apply the softmax). A run calibrated by ``fer calibrate`` is exported with the
+division by its temperature inside the graph, so every consumer of the file gets calibrated
+probabilities from a plain softmax; ``fer.temperature`` records the value (1.0: none).
+Everything needed to use the file alone is stored in the model's metadata_props as JSON
+values under ``fer.*``: classes, recipe_name, image_size, channels, parameters, output,
+temperature, and the resolved recipe.
 
 Uses the TorchScript-based exporter (``torch.onnx.export(dynamo=False)``): it handles
 timm CNNs and ViTs and needs no extra package (the dynamo exporter needs onnxscript).
@@ -33,14 +36,16 @@ DEFAULT_OPSET = 18
 
 
 class LogitsOnly(nn.Module):
-    """FerModel in evaluation: images -> logits (drops the targets of ``forward``)."""
+    """FerModel in evaluation: images -> logits / temperature (drops the targets of ``forward``)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.temperature = temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)[0]
+        logits = self.model(images)[0]
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 def default_onnx_path(run_or_checkpoint: str | Path) -> Path:
@@ -59,7 +64,7 @@ def export_onnx(run_or_checkpoint: str | Path | Trained, out: str | Path, opset:
     size, channels = int(data["image_size"]), int(data["channels"])
     if has_lora(trained.model):  # the file holds plain linear layers with the LoRA updates folded in
         merge_lora(trained.model)
-    wrapper = LogitsOnly(trained.model.cpu().eval()).eval()
+    wrapper = LogitsOnly(trained.model.cpu().eval(), trained.temperature).eval()
     example = torch.rand(batch_size, channels, size, size, generator=torch.Generator().manual_seed(0))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +81,7 @@ def export_onnx(run_or_checkpoint: str | Path | Trained, out: str | Path, opset:
     metadata = {
         "classes": trained.classes, "recipe_name": trained.recipe["name"], "image_size": size,
         "channels": channels, "parameters": count_parameters(trained.model)[0], "output": "logits",
+        "temperature": trained.temperature,
         "checkpoint": str(trained.checkpoint), "recipe": trained.recipe,
     }
     for key, value in metadata.items():
@@ -86,14 +92,14 @@ def export_onnx(run_or_checkpoint: str | Path | Trained, out: str | Path, opset:
 
 
 def max_difference(trained: Trained, onnx_path: str | Path, batch_size: int = 3) -> float:
-    """Largest absolute logit difference between PyTorch and ONNX Runtime on a random batch."""
+    """Largest absolute (calibrated) logit difference between PyTorch and ONNX Runtime on a random batch."""
     from fer_core.predictor import OnnxPredictor
 
     data = trained.recipe["data"]
     images = torch.rand(batch_size, data["channels"], data["image_size"], data["image_size"],
                         generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        expected = trained.model(images)[0].numpy()
+        expected = trained.model(images)[0].numpy() / trained.temperature
     session = OnnxPredictor(onnx_path).session
     (got,) = session.run(None, {"images": images.numpy()})
     return float(np.abs(got - expected).max())

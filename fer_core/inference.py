@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from fer_core.calibration import stored_temperature
 from fer_core.errors import CheckpointError
 from fer_core.model import FerModel, build_model
 from fer_core.plugins import get_registry
@@ -20,6 +21,7 @@ class Trained:
     recipe: dict
     classes: list[str]
     checkpoint: Path
+    temperature: float = 1.0  # fitted by `fer calibrate` for this checkpoint; logits / temperature are calibrated
 
 
 def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cpu",
@@ -38,4 +40,4 @@ def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cp
     with recorded(state.get("versions")):  # a missing plugin is named with the version it recorded
         model = build_model(recipe, get_registry(), classes)
     load_model_state(recipe, model, state["ema"] if use_ema and state.get("ema") else state["model"])
-    return Trained(model.to(device).eval(), recipe, classes, path)
+    return Trained(model.to(device).eval(), recipe, classes, path, stored_temperature(path))

@@ -32,6 +32,7 @@ class Predictor(Protocol):
     format: str  # "pytorch" or "onnx"
     image_size: int
     channels: int
+    temperature: float  # the calibration applied to the logits (1.0: none)
 
     def info(self) -> dict[str, Any]:
         """What ``GET /info`` reports: classes, recipe name, model format and size."""
@@ -68,6 +69,7 @@ class TorchPredictor:
         data = self.trained.recipe["data"]
         self.classes, self.name = list(self.trained.classes), self.trained.recipe["name"]
         self.image_size, self.channels = int(data["image_size"]), int(data["channels"])
+        self.temperature = self.trained.temperature
 
     def info(self) -> dict[str, Any]:
         from fer_core.model import count_parameters
@@ -85,7 +87,7 @@ class TorchPredictor:
 
         with torch.inference_mode():
             logits, _ = self.trained.model(torch.from_numpy(images).to(self.device))
-            return logits.float().softmax(dim=1).cpu().numpy()
+            return logits.float().div(self.temperature).softmax(dim=1).cpu().numpy()
 
 
 class OnnxPredictor:
@@ -117,6 +119,7 @@ class OnnxPredictor:
                          if key.startswith(METADATA_PREFIX)}
         self.classes, self.name = list(self.metadata["classes"]), self.metadata["recipe_name"]
         self.image_size, self.channels = int(self.metadata["image_size"]), int(self.metadata["channels"])
+        self.temperature = float(self.metadata.get("temperature", 1.0))  # already divided out in the graph
         self.input_name = self.session.get_inputs()[0].name
 
     def info(self) -> dict[str, Any]:
@@ -134,7 +137,7 @@ def _info(predictor, path: Path, parameters: int | None) -> dict[str, Any]:
     return {
         "name": predictor.name, "classes": predictor.classes, "format": predictor.format,
         "image_size": predictor.image_size, "channels": predictor.channels,
-        "parameters": parameters, "file_bytes": path.stat().st_size,
+        "parameters": parameters, "file_bytes": path.stat().st_size, "temperature": predictor.temperature,
         # names only, never the server's paths: the run directory's name and the file's basename
         "run": path.parent.parent.name if path.parent.name == "checkpoints" else None, "file": path.name,
     }

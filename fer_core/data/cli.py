@@ -86,13 +86,22 @@ def pack(source: Path, out: Path, format_: str, val_split: float | None, test_sp
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the shards and manifest of an earlier run in OUT.")
-def synth(out: Path, n: int, size: int, seed: int, shard_size: int, overwrite: bool) -> None:
-    """Draw N labelled synthetic faces (7 basic expressions, balanced) into OUT, split 70/15/15."""
+@click.option("--rare-skin-tone", metavar="TONE", default=None,
+              help="Under-represent this skin tone band (light, medium or dark) on purpose.")
+@click.option("--rare-share", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Share of the faces drawn with --rare-skin-tone (the other bands share the rest equally).")
+def synth(out: Path, n: int, size: int, seed: int, shard_size: int, overwrite: bool, rare_skin_tone: str | None,
+          rare_share: float) -> None:
+    """Draw N labelled synthetic faces (7 basic expressions, balanced) into OUT, split 70/15/15.
+
+    Every face keeps the attributes it was drawn with (skin tone, age band, pose, occlusion;
+    see `fer data info`), so that `fer eval --by` can compare groups.
+    """
     from fer_core.data.pack import make_synth_dataset, summary_table
     from fer_core.data.shards import read_manifest
 
     make_synth_dataset(out, n=n, size=size, seed=seed, shard_size=shard_size, overwrite=overwrite,
-                       console=Console(stderr=True))
+                       rare_skin_tone=rare_skin_tone, rare_share=rare_share, console=Console(stderr=True))
     Console().print(summary_table(read_manifest(out), title=str(out)))
 
 
@@ -167,7 +176,7 @@ def encode(shard_dir: Path, out_dir: Path | None, encoder: str, checkpoint: str 
 @click.argument("dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(dir: Path, as_json: bool) -> None:
-    """Describe the data set in DIR: splits, shards, samples per class, bytes, source format."""
+    """Describe the data set in DIR: splits, shards, samples per class, bytes, source format, per-sample attributes."""
     from fer_core.data.pack import dataset_summary, summary_table
 
     summary = dataset_summary(dir)
@@ -180,6 +189,10 @@ def info(dir: Path, as_json: bool) -> None:
         console.print(f"[bold]{name}[/]: {_shard_span(entry['shards'])}")
     if summary["extras"]:
         console.print(f"extras per sample: {', '.join(summary['extras'])}")
+    if summary.get("meta"):
+        from fer_core.data.meta import meta_table
+
+        console.print(meta_table(summary["meta"]))
     console.print(f"seed {summary['seed']}, {summary['created_by']}")
     if summary.get("latent"):
         from fer_core.data.latents import describe

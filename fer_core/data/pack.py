@@ -28,6 +28,7 @@ from rich.table import Table
 
 from fer_core.data.formats import load_format
 from fer_core.data.formats.base import SPLITS, Dropped, EncodedImage, SkipSample, SourceSample, encode_png
+from fer_core.data.meta import META_FIELD, Field, MetaSummary, encode_meta
 from fer_core.data.shards import (DEFAULT_SHARD_SIZE, MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, SHARD_RE,
                                   SplitWriter, read_manifest, write_manifest)
 from fer_core.errors import DataError, FerError
@@ -68,30 +69,42 @@ def pack_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, format: 
         console.print(f"[yellow]note:[/] {note}")
     return write_dataset(out_dir, splits, source_format=format, extras=module.EXTRAS, dropped=dropped, seed=seed,
                          shard_size=shard_size, workers=workers, progress=progress, console=console, clear=True,
-                         faces=faces)
+                         faces=faces, meta_fields=getattr(module, "META", None))
 
 
 def make_synth_dataset(out_dir: str | os.PathLike, n: int = 2100, size: int = 48, seed: int = 0,
                        progress: bool = True, *, shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
+                       rare_skin_tone: str | None = None, rare_share: float = 0.05,
                        console: Console | None = None) -> Path:
-    """Write ``n`` synthetic faces (``fer_core.data.synth``) as a 70/15/15 data set; returns ``out_dir``."""
+    """Write ``n`` synthetic faces (``fer_core.data.synth``) as a 70/15/15 data set; returns ``out_dir``.
+
+    ``rare_skin_tone`` draws that skin tone band for only ``rare_share`` of the faces (the
+    others equally often), for testing whether a model fails more for an under-represented group.
+    """
     from fer_core.data import synth
 
     console = console or Console(stderr=True)
     out_dir = Path(out_dir)
     if n < 1 or size < 1:
         raise FerError(f"synthetic data needs n >= 1 and size >= 1 (got n={n}, size={size})")
+    try:
+        shares = synth.rare_skin_shares(rare_skin_tone, rare_share)
+    except ValueError as exc:
+        raise FerError(str(exc)) from None
     _check_out_dir(out_dir, overwrite)
     samples = []
     with _progress_bar(console, progress) as bar:
         task = bar.add_task("synthesizing", total=n)
-        for index, (label, pixels) in enumerate(synth.synthesize(n=n, size=size, seed=seed)):
-            encoded = encode_png(_image_from_array(pixels))
-            samples.append(SourceSample(f"synth-{index:06d}", label, None, _constant(encoded)))
+        for index, face in enumerate(synth.synthesize_faces(n=n, size=size, seed=seed, skin_shares=shares)):
+            encoded = encode_png(_image_from_array(face.pixels))
+            samples.append(SourceSample(f"synth-{index:06d}", face.label, None, _constant(encoded),
+                                        meta=face.attributes))
             bar.advance(task)
     splits, _ = assign_splits(samples, SYNTH_SPLITS["val"], SYNTH_SPLITS["test"], seed)
     write_dataset(out_dir, splits, source_format="synth", extras=[], dropped=Counter(), seed=seed,
-                  shard_size=shard_size, workers=1, progress=progress, console=console, clear=True)
+                  shard_size=shard_size, workers=1, progress=progress, console=console, clear=True,
+                  meta_fields=synth.META,
+                  synth_settings={"skin_tone_shares": dict(zip(synth.SKIN_TONES, shares))} if shares else None)
     return out_dir
 
 
@@ -152,8 +165,14 @@ def stratified_split(samples: list[SourceSample], fractions: dict[str, float],
 def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, source_format: str, extras: list[str],
                   dropped: Counter, seed: int, shard_size: int = DEFAULT_SHARD_SIZE, workers: int | None = None,
                   progress: bool = True, console: Console | None = None, clear: bool = False,
-                  faces: Callable | None = None) -> dict:
-    """Read every sample's image, write the shards of each split, then the manifest."""
+                  faces: Callable | None = None, meta_fields: dict[str, Field] | None = None,
+                  synth_settings: dict | None = None) -> dict:
+    """Read every sample's image, write the shards of each split, then the manifest.
+
+    ``faces`` detects, aligns and crops each image (``fer data pack --detect``); ``meta_fields``
+    declares the samples' ``meta`` values (stored as ``meta.json``, summarised under the
+    manifest's ``meta``); ``synth_settings`` go into the manifest as ``synth``.
+    """
     from fer_core import __version__
 
     console = console or Console(stderr=True)
@@ -163,6 +182,8 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
     listing = list(getattr(dropped, "listing", ()))
     dropped = Counter({"corrupt_image": 0, **({"no_face": 0} if faces else {}), **dropped})
     channels, sizes, entries = set(), set(), {}
+    meta_fields = meta_fields or {}
+    meta_summary = MetaSummary(meta_fields)
     with _progress_bar(console, progress) as bar:
         for split, samples in splits.items():
             task = bar.add_task(f"writing {split}", total=len(samples))
@@ -174,7 +195,11 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
                         dropped[image] += 1
                         listing.append((sample.key, image))
                     else:
-                        writer.write(sample.key, sample.label, {image.ext: image.data, **sample.extras})
+                        fields = {image.ext: image.data, **sample.extras}
+                        if sample.meta:
+                            fields[META_FIELD] = encode_meta(meta_fields, sample.meta)
+                        writer.write(sample.key, sample.label, fields)
+                        meta_summary.add(split, sample.meta)
                         channels.add(image.channels)
                         sizes.add(image.size)
                     bar.advance(task)
@@ -187,10 +212,14 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "source_format": source_format,
         "classes": classes,
         "image": {"channels": 3 if 3 in channels else 1, "size": list(sizes.pop()) if len(sizes) == 1 else None},
-        "splits": entries, "extras": list(extras), "dropped": dict(sorted(dropped.items())),
-        "seed": seed, "created_by": f"fer-core {__version__}",
+        "splits": entries, "extras": list(extras) + (["meta"] if meta_summary.seen else []),
+        "dropped": dict(sorted(dropped.items())), "seed": seed, "created_by": f"fer-core {__version__}",
         **({"faces": faces.record} if faces is not None else {}),
     }
+    if meta_summary.seen:  # a format's attributes, when any sample had them
+        manifest["meta"] = meta_summary.section()
+    if synth_settings:
+        manifest["synth"] = synth_settings
     write_manifest(out_dir, manifest)
     write_dropped_list(out_dir, listing)
     return manifest

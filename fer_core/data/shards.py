@@ -8,12 +8,14 @@ A data set directory holds ``<split>-<6-digit index>.tar`` shards and ``dataset.
      "splits": {"train": {"shards": [...], "shard_counts": [...], "count": N,
                           "class_counts": {...}, "bytes": B,
                           "shard_class_counts": [[n per class index] per shard]}, ...},
-     "extras": ["votes"], "dropped": {"corrupt_image": 0, ...},
+     "extras": ["votes", "meta"], "dropped": {"corrupt_image": 0, ...},
+     "meta": {"gender": {"kind": "category", "values": [...], "splits": {...}}, ...},  # optional
      "seed": 0, "created_by": "fer-core 0.1.0"}
 
 A sample is ``__key__`` (unique, no dots), the image bytes under ``png`` or ``jpg``, ``cls``
 (class index as ASCII text) and optional extra fields (``votes.json``, ``va.json``,
-``latent.npy``...).
+``meta.json`` with per-sample attributes described by the manifest's ``meta``, see
+``fer_core.data.meta``; ``latent.npy``...).
 """
 
 from __future__ import annotations

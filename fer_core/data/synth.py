@@ -22,6 +22,15 @@ and an occluding bar or blob. Randomness comes from a ``numpy.random.Generator``
 :func:`synthesize` derives one per sample from ``(seed, index)``, so any sample
 can be rendered on its own and does not depend on how many were asked for.
 
+Each face also reports the attributes it was drawn with (:data:`META` describes them):
+its skin tone band (light, medium, dark: thirds of the skin palette), age band (adult, or
+older: greyed hair, nasolabial folds and lines under the eyes), pose (frontal when the yaw is
+within 11 degrees, else turned; and the yaw, pitch and roll in degrees) and occlusion (none,
+bar, blob). ``skin_shares`` draws the skin tone bands with other shares than the default
+(equal) ones, so that a set can under-represent one of them on purpose. The age band and
+the skin tone band come from a generator spawned from the sample's, so the rest of a face
+is the same whatever they are.
+
 Face coordinates: the origin sits between the eyes and nose, one unit is the
 half-width of the face, x grows to the face's left (image right) and y downwards.
 """
@@ -32,12 +41,15 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["EXPRESSIONS", "render_face", "synthesize"]
+from fer_core.data.meta import Field
+
+__all__ = ["EXPRESSIONS", "META", "SynthFace", "draw_face", "rare_skin_shares", "render_face", "synthesize",
+           "synthesize_faces"]
 
 EXPRESSIONS: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
 
@@ -178,25 +190,62 @@ class Identity:
     iris: Colour
     lips: Colour
     hair_style: int  # 0 short crop, 1 side part, 2 fringe, 3 long
+    skin_tone: str = "medium"  # SKIN_TONES band of ``skin`` before its per-channel jitter
+    age_band: str = "adult"  # "older": greyed hair, folds and under-eye lines
+
+
+def _palette_colour(palette: np.ndarray, position: float) -> np.ndarray:
+    """The colour at ``position`` in [0, len - 1]: between two neighbouring palette colours."""
+    lo = int(position)
+    return palette[lo] + (position - lo) * (palette[min(lo + 1, len(palette) - 1)] - palette[lo])
 
 
 def _pick_colour(palette: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random point between two neighbouring palette colours."""
-    i = rng.uniform(0, len(palette) - 1)
-    lo = int(i)
-    return palette[lo] + (i - lo) * (palette[min(lo + 1, len(palette) - 1)] - palette[lo])
+    return _palette_colour(palette, rng.uniform(0, len(palette) - 1))
 
 
-def sample_identity(rng: np.random.Generator) -> Identity:
+SKIN_TONES = ("light", "medium", "dark")  # thirds of the skin palette, light to dark
+AGE_BANDS = ("adult", "older")
+OLDER_SHARE = 0.2
+_GREY_HAIR = np.array((205.0, 205.0, 200.0))
+_BAND_WIDTH = (len(_SKIN_TONES) - 1) / len(SKIN_TONES)  # palette positions per skin tone band
+
+
+def rare_skin_shares(rare: str | None = None, share: float = 0.05) -> tuple[float, ...] | None:
+    """Shares of the skin tone bands with ``rare`` drawn at ``share`` and the others equally; None: all equal."""
+    if rare is None:
+        return None
+    if rare not in SKIN_TONES:
+        raise ValueError(f"unknown skin tone {rare!r}; choose one of {', '.join(SKIN_TONES)}")
+    if not 0 <= share <= 1:
+        raise ValueError(f"the share of a skin tone is a fraction in [0, 1], got {share}")
+    others = (1 - share) / (len(SKIN_TONES) - 1)
+    return tuple(share if tone == rare else others for tone in SKIN_TONES)
+
+
+def sample_identity(rng: np.random.Generator, traits: np.random.Generator | None = None,
+                    skin_shares: tuple[float, ...] | None = None) -> Identity:
+    """A person; ``traits`` draws the age band (all adults without it) and, with ``skin_shares``, the skin tone band."""
     shape = dict(zip(_SHAPE_RANGES, rng.uniform(_SHAPE_LOW, _SHAPE_HIGH).tolist()))
-    skin = np.clip(_pick_colour(_SKIN_TONES, rng) * rng.uniform(0.9, 1.05, 3), 0, 255)
+    older = traits is not None and traits.random() < OLDER_SHARE
+    position = rng.uniform(0, len(_SKIN_TONES) - 1)
+    if skin_shares is not None and traits is not None:  # the same draw, moved into the chosen band
+        band = int(traits.choice(len(SKIN_TONES), p=skin_shares))
+        position = (band + position / (len(_SKIN_TONES) - 1)) * _BAND_WIDTH
+    skin = np.clip(_palette_colour(_SKIN_TONES, position) * rng.uniform(0.9, 1.05, 3), 0, 255)
+    hair = _pick_colour(_HAIR_COLOURS, rng)
+    if older:
+        hair = hair + 0.75 * (_GREY_HAIR - hair)
     return Identity(
         **shape,
         skin=tuple(skin.tolist()),
-        hair=tuple(_pick_colour(_HAIR_COLOURS, rng).tolist()),
+        hair=tuple(hair.tolist()),
         iris=tuple(_pick_colour(_IRIS_COLOURS, rng).tolist()),
         lips=tuple((skin * (0.82, 0.55, 0.55) + (30, 0, 5)).tolist()),
         hair_style=int(rng.integers(0, 4)),
+        skin_tone=SKIN_TONES[min(int(position / _BAND_WIDTH), len(SKIN_TONES) - 1)],
+        age_band=AGE_BANDS[int(older)],
     )
 
 
@@ -211,6 +260,7 @@ class Pose:
     def __init__(self, yaw: float, pitch: float, roll: float, scale: float, centre: tuple[float, float],
                  face_height: float):
         self.scale, self.face_height = scale, face_height
+        self.angles = (yaw, pitch, roll)  # radians
         self.centre = np.array(centre)
         self.turn = np.array([math.cos(yaw), math.cos(pitch)])  # in-plane shrink of x and y
         self.lean = np.array([math.sin(yaw), -0.7 * math.sin(pitch)])  # shift per unit of depth
@@ -391,8 +441,13 @@ def draw_folds(sketch: Sketch, person: Identity, ex: Expression) -> None:
         crease(_curve(side * 0.06, brow_y - 0.08, side * 0.08, brow_y + 0.1, bow=0.0, n=4), ex.frown_lines)
         fold_top = (side * (person.nose_width + 0.06), person.nose_y - 0.04)
         corner = (side * (ex.mouth_width + 0.06), person.mouth_y - ex.mouth_curve + 0.04)
-        smile_fold = 0.15 + 0.9 * ex.cheek_raise + 6 * ex.lip_raise
+        older = person.age_band == "older"
+        smile_fold = 0.15 + 0.9 * ex.cheek_raise + 6 * ex.lip_raise + 0.15 * older
         crease(_curve(*fold_top, *corner, bow=-0.02 * side, n=6), smile_fold)
+        if older:  # a line under each eye
+            eye_x, below = side * person.eye_x, person.eye_y + 0.75 * person.eye_height + 0.05
+            crease(_curve(eye_x - 0.7 * person.eye_width, below, eye_x + 0.7 * person.eye_width, below,
+                          bow=-0.03, n=5), 0.3, width=0.015)
         if ex.cheek_raise > 0.3:
             cheek = _ellipse(side * (person.eye_x + 0.05), person.nose_y - 0.05, 0.2, 0.12, n=16)
             sketch.fill(cheek, _rgb([v * f for v, f in zip(person.skin, (1.02, 0.9, 0.88))]))
@@ -504,8 +559,8 @@ def draw_background(rng: np.random.Generator, size: int) -> Image.Image:
     return image
 
 
-def draw_occluder(draw: ImageDraw.ImageDraw, rng: np.random.Generator, pose: Pose) -> None:
-    """A bar (hand, scarf, strap) or a blob somewhere over the face."""
+def draw_occluder(draw: ImageDraw.ImageDraw, rng: np.random.Generator, pose: Pose) -> str:
+    """A bar (hand, scarf, strap) or a blob somewhere over the face; returns which ("bar", "blob")."""
     colour = _rgb(rng.uniform(0, 255, 3).tolist())
     centre = rng.uniform([-0.8, -0.8], [0.8, 1.1])[None, :]
     cx, cy = pose.project(centre, np.zeros(1))[0]
@@ -513,9 +568,10 @@ def draw_occluder(draw: ImageDraw.ImageDraw, rng: np.random.Generator, pose: Pos
         angle, width = rng.uniform(0, np.pi), rng.uniform(0.2, 0.4) * pose.scale
         dx, dy = 4 * pose.scale * math.cos(angle), 4 * pose.scale * math.sin(angle)
         draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=colour, width=int(width))
-    else:
-        rx, ry = rng.uniform(0.25, 0.45, 2) * pose.scale
-        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=colour)
+        return "bar"
+    rx, ry = rng.uniform(0.25, 0.45, 2) * pose.scale
+    draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=colour)
+    return "blob"
 
 
 def finish(image: Image.Image, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -534,13 +590,35 @@ def finish(image: Image.Image, rng: np.random.Generator, size: int) -> np.ndarra
 
 # --- public API ----------------------------------------------------------------------------
 
+FRONTAL_YAW = 11.0  # degrees: a face turned less than this is "frontal"
 
-def render_face(expression: str, rng: np.random.Generator, size: int = 48) -> np.ndarray:
-    """One face showing ``expression``: uint8 RGB [size, size, 3]."""
+META: dict[str, Field] = {
+    "skin_tone": Field("category", "band of the skin palette the face was drawn from", SKIN_TONES),
+    "age_band": Field("category", "adult, or older (greyed hair, nasolabial folds, lines under the eyes)",
+                      AGE_BANDS),
+    "pose": Field("category", f"frontal (|yaw| <= {FRONTAL_YAW:g} degrees) or turned", ("frontal", "turned")),
+    "occlusion": Field("category", "an occluding bar or blob drawn over the face", ("none", "bar", "blob")),
+    "yaw": Field("number", "head turn, positive to the face's left", range=(-22.0, 22.0), unit="degrees"),
+    "pitch": Field("number", "head tilt up or down", range=(-15.0, 15.0), unit="degrees"),
+    "roll": Field("number", "in-plane head rotation", range=(-40.0, 40.0), unit="degrees"),
+}
+
+
+@dataclass(frozen=True)
+class SynthFace:
+    label: str
+    pixels: np.ndarray  # uint8 [size, size, 3]
+    attributes: dict[str, Any]  # one value per field of META
+
+
+def draw_face(expression: str, rng: np.random.Generator, size: int = 48,
+              skin_shares: tuple[float, ...] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """One face showing ``expression`` (uint8 RGB [size, size, 3]) and the attributes it was drawn with."""
     if expression not in PROTOTYPES:
         raise ValueError(f"unknown expression {expression!r}; expected one of {', '.join(EXPRESSIONS)}")
     canvas = size * SUPERSAMPLE
-    person = sample_identity(rng)
+    (traits,) = rng.spawn(1)  # leaves rng's stream as it is
+    person = sample_identity(rng, traits, skin_shares)
     ex = sample_expression(expression, rng)
     pose = sample_pose(rng, canvas, person.face_height)
     skew_side = int(rng.choice([-1, 1]))
@@ -557,17 +635,33 @@ def render_face(expression: str, rng: np.random.Generator, size: int = 48) -> np
     image = draw_background(rng, size)
     draw = ImageDraw.Draw(image)
     sketch.render(draw, pose)
-    if rng.random() < 0.15:
-        draw_occluder(draw, rng, pose)
-    return finish(image, rng, size)
+    occlusion = draw_occluder(draw, rng, pose) if rng.random() < 0.15 else "none"
+    yaw, pitch, roll = (round(math.degrees(angle), 1) for angle in pose.angles)
+    attributes = {"skin_tone": person.skin_tone, "age_band": person.age_band,
+                  "pose": "frontal" if abs(yaw) <= FRONTAL_YAW else "turned", "occlusion": occlusion,
+                  "yaw": yaw, "pitch": pitch, "roll": roll}
+    return finish(image, rng, size), attributes
 
 
-def synthesize(n: int, size: int = 48, seed: int = 0) -> Iterator[tuple[str, np.ndarray]]:
-    """``n`` labelled faces, classes balanced (sample i shows ``EXPRESSIONS[i % 7]``).
+def render_face(expression: str, rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """One face showing ``expression``: uint8 RGB [size, size, 3]."""
+    return draw_face(expression, rng, size)[0]
+
+
+def synthesize_faces(n: int, size: int = 48, seed: int = 0,
+                     skin_shares: tuple[float, ...] | None = None) -> Iterator[SynthFace]:
+    """``n`` labelled faces with their attributes, classes balanced (sample i shows ``EXPRESSIONS[i % 7]``).
 
     Sample i is drawn from a generator seeded with ``(seed, i)``, so it is the same
     whatever ``n`` is, and any sample can be rendered on its own.
     """
     for index in range(n):
         name = EXPRESSIONS[index % len(EXPRESSIONS)]
-        yield name, render_face(name, np.random.default_rng([seed, index]), size)
+        pixels, attributes = draw_face(name, np.random.default_rng([seed, index]), size, skin_shares)
+        yield SynthFace(name, pixels, attributes)
+
+
+def synthesize(n: int, size: int = 48, seed: int = 0) -> Iterator[tuple[str, np.ndarray]]:
+    """``(label, pixels)`` of :func:`synthesize_faces`."""
+    for face in synthesize_faces(n, size, seed):
+        yield face.label, face.pixels

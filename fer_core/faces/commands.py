@@ -70,7 +70,9 @@ def predict(model: str, inputs: list[str], *, detect: bool | None, detector: str
 
 def _photos(predictor, mode, photos, top_k, batch_size, as_json, draw, several, console, err_console) -> int:
     failed = 0
-    table = Table(title=f"{predictor.name} predictions" + (" (faces)" if mode else ""))
+    calibrated = f", temperature {predictor.temperature:.3f}" if predictor.temperature != 1.0 else ""
+    table = Table(title=f"{predictor.name} predictions" + (" (faces" + calibrated + ")" if mode else
+                                                           (f" ({calibrated[2:]})" if calibrated else "")))
     for column in ("image", *(("face", "box") if mode else ()), "label", "confidence", f"top {top_k}"):
         table.add_column(column)
     shown = None if (mode and as_json) else top_k  # JSON lines of faces carry every class's probability

@@ -84,6 +84,8 @@ def export(run_or_checkpoint, fmt, out, opset, check, quantize, quantize_mode, c
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, opset {opset}, "
                f"input [batch, {trained.recipe['data']['channels']}, {trained.recipe['data']['image_size']}, "
                f"{trained.recipe['data']['image_size']}] in [0, 1] -> logits [batch, {len(trained.classes)}])")
+    if trained.temperature != 1.0:
+        click.echo(f"the graph divides the logits by the temperature {trained.temperature:.4f} of `fer calibrate`")
     if check and importlib.util.find_spec("onnxruntime") is not None:
         click.echo(f"max |logit difference| against PyTorch on a batch of 3: {max_difference(trained, path):.2e}")
     if quantize:

@@ -2,7 +2,8 @@
 
 A format module has ``scan(source, dropped) -> list[SourceSample]`` (samples in a deterministic
 order, image reads deferred; rows it refuses are counted in ``dropped``) and ``EXTRAS``, the
-extra per-sample fields it writes ("votes", "va").
+extra per-sample fields it writes ("votes", "va"); optionally ``META``, the per-sample attributes its
+samples carry (``fer_core.data.meta.Field`` by name).
 """
 
 from __future__ import annotations

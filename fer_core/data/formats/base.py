@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -42,7 +43,8 @@ class SourceSample:
 
     ``split`` is "train"/"val"/"test" when the source says so, None when it has no splits.
     ``read`` returns the encoded image or raises SkipSample. ``extras`` are extra shard
-    fields such as ``{"votes.json": b"..."}``.
+    fields such as ``{"votes.json": b"..."}``; ``meta`` the sample's values of the fields its
+    format declares in ``META`` (see ``fer_core.data.meta``), stored as ``meta.json``.
     """
 
     key: str
@@ -50,6 +52,7 @@ class SourceSample:
     split: str | None
     read: Callable[[], EncodedImage]
     extras: Mapping[str, bytes] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
 
 def safe_key(text: str) -> str:
