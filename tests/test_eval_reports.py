@@ -3,6 +3,7 @@ predict/serve/export, and `fer crosseval` across data sets with different classe
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import sys
@@ -13,13 +14,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data_fixtures import read_shards  # noqa: E402
 from serve_fixtures import face_files, tiny_run  # noqa: E402
 
 from fer_core.cli import main  # noqa: E402
-from fer_core.compare import compare_table  # noqa: E402
+from fer_core.compare import compare_rows, compare_table, compare_text  # noqa: E402
 from fer_core.crosseval import shared_classes  # noqa: E402
 from fer_core.data import synth  # noqa: E402
 from fer_core.data.pack import pack_dataset  # noqa: E402
@@ -60,10 +62,16 @@ def test_eval_by_attribute_writes_groups_into_the_report(run_dir):
     assert "## By skin_tone" in markdown and "## By occlusion" in markdown
     assert f"expected calibration error (ECE, 15 bins): {report['ece']:.4f}" in markdown
 
-    table = compare_table([run_dir], worst_group="skin_tone")
+    rows, _ = compare_rows([run_dir], worst_group="skin_tone")
     worst = tones["worst"]
-    assert list(table.columns[-1].cells) == [f"{worst['accuracy']:.4f} ({worst['group']})"]
-    assert list(compare_table([run_dir], worst_group="age_band").columns[-1].cells) == ["-"]  # not evaluated
+    assert rows[0]["worst_group"] == {"group": worst["group"], "accuracy": worst["accuracy"]}
+    text = compare_text(*compare_rows([run_dir], worst_group="skin_tone"), "csv")
+    assert f"{worst['accuracy']:.4f} ({worst['group']})" in text.splitlines()[1]
+    assert compare_rows([run_dir], worst_group="age_band")[0][0]["worst_group"] is None  # not evaluated
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(compare_table([run_dir], worst_group="skin_tone"))
+    shown = console.export_text()
+    assert "worst" in shown and "skin_tone" in shown and f"{worst['accuracy']:.4f}" in shown
 
 
 def test_eval_by_an_attribute_the_data_lacks_is_one_line(run_dir):
