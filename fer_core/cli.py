@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -114,29 +113,25 @@ def run_command(recipe_path, overrides, resume, out, keep, nproc) -> None:
         from fer_core.launch import launch
 
         sys.exit(launch(nproc, sys.argv[1:]))
-    from fer_core.pretrain import run_pretrain
-    from fer_core.runs import load_checkpoint
-    from fer_core.train import run
+    from fer_core.train import run  # here: `fer plugins` must not import torch
 
     if resume:
-        task = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")["recipe"].get("task")
-        (run_pretrain if task == "pretrain" else run)(None, resume=resume)
+        run(None, resume=resume)
         return
     if not recipe_path:
         raise FerError("fer run needs a RECIPE file (or --resume RUN_DIR)")
-    resolved = _load(recipe_path, overrides + ((f"train.keep={keep}",) if keep is not None else ()))
-    (run_pretrain if resolved["task"] == "pretrain" else run)(resolved, out=out)
+    run(_load(recipe_path, overrides + ((f"train.keep={keep}",) if keep is not None else ())), out=out)
 
 
 @main.command("eval")
 @click.argument("run_or_checkpoint", type=click.Path(exists=True))
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), help="Evaluate on another packed data set.")
 @click.option("--split", default="test", show_default=True, help="Split to evaluate.")
-@click.option("--tta", type=click.Choice(["flip"]), help="Test-time augmentation.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), help="Test-time augmentation  [default: the recipe's eval.tta].")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_command(run_or_checkpoint, data_dir, split, tta, as_json) -> None:
     """Evaluate a trained run (its best checkpoint) on a split."""
-    import torch
+    import torch  # these imports are here: `fer plugins` and `fer --help` must not import torch
 
     from fer_core.data.sources import cached_latents, make_loader
     from fer_core.evaluate import evaluate, report_table
@@ -151,11 +146,14 @@ def eval_command(run_or_checkpoint, data_dir, split, tta, as_json) -> None:
                              frozen=trained.model.frozen.get("encoder", False), device=device)
     loader = make_loader(data, split, trained.classes, trained.recipe["eval"]["batch_size"], train=False,
                          seed=trained.recipe["seed"], latent=latents is not None, roots=latents)
+    tta, origin = (trained.recipe["eval"]["tta"], "the recipe's eval.tta") if tta is None else (tta, "--tta")
+    tta = None if tta == "none" or latents is not None else tta  # latents are not images to flip
     result = evaluate(trained.model, loader, len(trained.classes), torch.device(device),
                       encoded=latents is not None, tta=tta)
     if as_json:
-        click.echo(json.dumps({"checkpoint": str(trained.checkpoint), "split": split, **result}, indent=2))
+        click.echo(json.dumps({"checkpoint": str(trained.checkpoint), "split": split, "tta": tta, **result}, indent=2))
         return
+    console.print(f"test-time augmentation: {tta or 'none'} ({origin})", highlight=False)
     console.print(report_table({"recipe": trained.recipe["name"], "split": split, "classes": trained.classes, **result}))
 
 

@@ -15,7 +15,11 @@ registry (on the first command that needs components). Each hook receives a
 
 The factory is called with the recipe's parameters as keyword arguments, plus
 the context arguments of its kind when its signature names them (see
-``fer_core.registry.CONTEXT``), and returns a ``torch.nn.Module``.
+``fer_core.registry.CONTEXT``), and returns a ``torch.nn.Module`` that declares
+the attributes of its kind (``fer_core.contracts.ATTRIBUTES``; a missing one is an
+error naming the component and its plugin). Encoders, backbones and heads may offer
+``param_groups(lr, weight_decay, layer_decay=None) -> list[dict]``, groups with their
+final ``lr`` (the contract of ``fer_core.optim``).
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ def register_backbones(register: Register) -> None:
 
     Called once per plugin when the registry is built. The module declares
     ``input_kind`` ("image" or "latent") and ``num_features``, and may offer
-    ``param_groups(lr) -> list[dict]`` for layer-wise learning rates.
+    ``param_groups(lr, weight_decay, layer_decay=None) -> list[dict]`` for
+    layer-wise learning rates (``fer_core.optim.timm_param_groups`` builds them).
     """
 
 

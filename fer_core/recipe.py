@@ -74,6 +74,7 @@ SCHEMA: dict[str, Any] = {
         "clip_grad": NUM + (type(None),),
         "ema": (bool,),
         "ema_decay": NUM,
+        "ema_warmup": (bool,),
         "early_stopping": {"metric": (str,), "patience": (int,), "mode": ["max", "min"]},
         "device": (str,),
         "log_every": (int,),
@@ -105,7 +106,8 @@ DEFAULTS: dict[str, Any] = {
     "schedule": {"name": "cosine", "warmup_epochs": 0, "warmup_lr": 1e-6, "min_lr": 1e-6,
                  "step_size": 10, "gamma": 0.1, "factor": 0.1, "patience": 3},
     "train": {"epochs": 10, "batch_size": 64, "amp": False, "accumulate": 1, "clip_grad": None,
-              "ema": False, "ema_decay": 0.999, "device": "auto", "log_every": 10, "keep": 0},
+              "ema": False, "ema_decay": 0.999, "device": "auto", "log_every": 10, "keep": 0,
+              "ema_warmup": True},
     "eval": {"batch_size": 256, "metric": "accuracy", "tta": None},
     "output": {"dir": "runs"},
 }
@@ -297,7 +299,7 @@ def validate_semantics(recipe: Mapping[str, Any]) -> None:
                 raise RecipeError(f"model.{part}: a pretraining recipe (task: pretrain) trains the encoder alone; "
                                   f"remove model.{part}")
         if recipe["model"]["encoder"]["name"] == "identity":
-            raise RecipeError("model.encoder: task: pretrain needs an encoder that trains itself, such as vaegan")
+            raise RecipeError("model.encoder: task: pretrain needs an encoder that trains itself (the pretraining protocol of fer_core.pretrain)")
     if "root" not in data and "sources" not in data:
         raise RecipeError("data.root: missing; point it at a directory made by `fer data pack` or `fer data synth`")
     for i, source in enumerate(data.get("sources") or []):

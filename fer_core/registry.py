@@ -29,7 +29,7 @@ CONTEXT: dict[str, tuple[str, ...]] = {
 }
 
 # Keys of a component spec that the core reads itself.
-RESERVED = ("name", "freeze")
+RESERVED = ("name", "freeze", "lr_mult")
 
 
 def suggest(word: str, choices: Sequence[str]) -> str:

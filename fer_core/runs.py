@@ -20,6 +20,9 @@ import yaml
 from fer_core.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "fer-checkpoint-1"
+# What every checkpoint of `fer run` holds (None where a key does not apply), besides its task's own key
+CHECKPOINT_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "ema", "rng", "counters", "recipe",
+                   "classes", "versions")
 
 
 def new_run_dir(out: str | Path, name: str) -> Path:
