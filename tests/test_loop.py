@@ -1,6 +1,6 @@
 """The one training loop (fer_core.train) driving both tasks: DDP for pretraining, early-stopping modes,
-EMA warm-up, catching a non-finite loss without per-step syncs, `fer eval --tta`, declared attributes
-and per-part learning rates."""
+EMA warm-up, `fer eval --tta`, the documented checkpoint and run directory, declared attributes, per-part
+learning rates and a plugin written for the five hooks."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from fer_core.model import build_model
 from fer_core.plugins import get_registry
 from fer_core.recipe import load_recipe
 from fer_core.registry import Component
-from fer_core.train import NonFiniteLoss, run
+from fer_core.runs import CHECKPOINT_KEYS
+from fer_core.train import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -157,8 +158,10 @@ def test_pretraining_in_two_processes_matches_one(tmp_path):
         run_dir = next((out / "tinyae").iterdir())
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["task"] == "pretrain" and summary["processes"] == nproc
-        results[nproc] = (torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"],
-                          [r["val_l1"] for r in epochs_of(run_dir)], summary)
+        state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+        assert set(state) == {*CHECKPOINT_KEYS, "pretrain"} and state["optimizer"] is None
+        assert (run_dir / "samples" / "epoch-0003.png").is_file()
+        results[nproc] = (state["model"], [r["val_l1"] for r in epochs_of(run_dir)], summary)
     (one, one_l1, one_summary), (two, two_l1, two_summary) = results[1], results[2]
     assert one_l1[-1] < one_l1[0]  # it learns
     for key in one:
@@ -201,25 +204,6 @@ def test_ema_warmup_scores_the_recent_weights_of_a_short_run(tmp_path, synth):
     assert accuracy[True][0] > accuracy[False][0] + 0.1, accuracy
 
 
-class _NanFrom(torch.nn.Module):
-    def __init__(self, call: int):
-        super().__init__()
-        self.call = call
-
-    def forward(self, logits, targets):
-        self.call -= 1
-        loss = torch.nn.functional.cross_entropy(logits.float(), targets)
-        return loss * float("nan") if self.call < 0 else loss
-
-
-def test_a_non_finite_loss_is_caught_within_log_every_steps(tmp_path, synth):
-    registry = get_registry()
-    registry.add(Component("loss", "nan_from", lambda call=0: _NanFrom(call), plugin="test"))
-    recipe = classify_recipe(tmp_path, synth, 3, ["loss={name: nan_from, call: 3}", "train.log_every=4"])
-    with pytest.raises(NonFiniteLoss, match=r"loss became nan at epoch 1, steps 1-4; the run stopped and no epoch had finished"):
-        run(recipe, out=str(tmp_path / "runs"))
-
-
 def test_fer_eval_uses_the_recipes_tta_unless_told(tmp_path, synth):
     recipe = classify_recipe(tmp_path, synth, 1, ["eval.tta=flip"])
     run_dir = run(recipe, out=str(tmp_path / "runs"))
@@ -233,6 +217,15 @@ def test_fer_eval_uses_the_recipes_tta_unless_told(tmp_path, synth):
     assert default["confusion"] == report["confusion"]  # what `fer run` reported
     shown = CliRunner().invoke(main, ["eval", str(run_dir)])
     assert "test-time augmentation: flip (the recipe's eval.tta)" in shown.output
+
+    # the checkpoint and the run directory are laid out as docs/architecture.md says
+    assert set(torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)) == set(CHECKPOINT_KEYS)
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
+    table = doc[doc.index("<!-- run-dir -->"):doc.index("<!-- /run-dir -->")].splitlines()[3:-1]
+    for line in table:
+        name, writer = (cell.strip() for cell in line.strip("|").split("|"))
+        if not writer.startswith("pretraining"):
+            assert (run_dir / name.strip("`")).exists(), name
 
 
 def test_a_missing_declared_attribute_names_the_component_and_its_plugin(tmp_path, synth):
@@ -250,3 +243,39 @@ def test_lr_mult_scales_the_learning_rate_of_a_part(tmp_path, synth):
     lrs = {id(p): g["lr"] for g in model.param_groups(1e-3, 0.05) for p in g["params"]}
     assert lrs[id(model.head.fc.weight)] == pytest.approx(1e-2)
     assert {lrs[id(p)] for p in model.backbone.parameters()} == {1e-3}
+
+
+def test_a_plugin_written_for_the_five_hooks_trains_unchanged(tmp_path, synth, fake_plugins):
+    fake_plugins.module("oldstyle_model", '''
+        from torch import nn
+
+
+        class PixelsMlp(nn.Module):
+            input_kind = "image"
+
+            def __init__(self, image_size, in_chans, width):
+                super().__init__()
+                self.num_features = width
+                self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_chans * image_size ** 2, width), nn.ReLU())
+
+            def forward(self, images):
+                return self.net(images)
+
+
+        def build(image_size: int, in_chans: int, width: int = 64):
+            return PixelsMlp(image_size, in_chans, width)
+    ''')
+    fake_plugins.dist("fer-oldstyle", {"oldstyle": '''
+        from fer_core import hookimpl
+
+
+        @hookimpl
+        def register_backbones(register):
+            register("pixels_mlp", "oldstyle_model:build", summary="flatten + linear + ReLU")
+    '''})
+    recipe = classify_recipe(tmp_path, synth, 4, ["model.backbone={name: pixels_mlp}"])
+    run_dir = run(recipe, out=str(tmp_path / "runs"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test"]["accuracy"] > 0.3, summary  # chance is 1/7
+    versions = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["versions"]
+    assert versions.get("fer-oldstyle") == "1.0", versions
