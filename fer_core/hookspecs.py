@@ -6,7 +6,7 @@ registry (on the first command that needs components). Each hook receives a
 
     register(name, target, summary="...", aliases=("other-name",))
 
-* ``name``: the name recipes use (``model.backbone.name: latent_vit``).
+* ``name``: the name recipes use (``model.backbone.name: timm``).
 * ``target``: a ``"package.module:factory"`` string (preferred: the module is
   imported only when the component is built, so ``fer plugins`` stays instant)
   or the factory callable itself.

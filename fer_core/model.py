@@ -77,7 +77,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def installed(registry: Registry, kind: str, exclude: str = "") -> str:
-    """'psp (fer-psp), e4e (fer-e4e)': the installed components of a kind, for messages that name requirements."""
+    """'identity (fer-core), patches (fer-core), ...': the installed components of a kind, with their
+    distributions, for messages that name a requirement rather than a plugin."""
     names = [n for n in registry.names(kind) if n != exclude]
     return ", ".join(f"{n} ({registry.get(kind, n).plugin})" for n in names) or "none"
 

@@ -7,8 +7,8 @@ A study file::
     metric: accuracy                   # optional; the metric the plot shows
     overrides: [train.epochs=3]        # optional; applied to every run
     runs:                              # recipe paths are relative to the study file
-      - {recipe: ../latentvit-synth.yaml, label: latentvit-scratch}
-      - {recipe: ../hybridvit-full.yaml, label: hybrid-full, set: [optim.lr=3.0e-4]}
+      - {recipe: ../quickstart.yaml, label: cnn}
+      - {recipe: ../vit-tiny.yaml, label: vit, set: [optim.lr=3.0e-4]}
     grid:                              # optional; every run once per combination
       data.train_fraction: [0.1, 0.25, 0.5, 1.0]
 
