@@ -222,8 +222,8 @@ def _run(recipe, out, resume, state, env, console):
                         ema.update(model, step=counters["step"])
                     if scheduler is not None:
                         scheduler.step_update(counters["step"])
-                window.add(outputs, len(keys), counters["step"])
-                seen += len(keys)
+                window.add(outputs, len(inputs), counters["step"])
+                seen += len(inputs)
                 rate = seen * env.world / max(time.perf_counter() - started, 1e-9)
                 log_now = stepped and counters["step"] % train_cfg["log_every"] == 0
                 if log_now or i + 1 == len(train_loader):  # the only host syncs of the step loop
