@@ -25,22 +25,12 @@ from fer_core.registry import Component
 from fer_core.runs import CHECKPOINT_KEYS
 from fer_core.train import run
 
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_fixtures import RECIPE as CLASSIFY  # noqa: E402  (the tiny resnet10t recipe of these tests)
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FER = [sys.executable, "-m", "fer_core"]
-
-CLASSIFY = """
-name: tiny
-seed: 3
-data: {{root: {root}, image_size: 32, channels: 3, num_workers: 0, shuffle_buffer: 64}}
-model:
-  backbone: {{name: timm, model: resnet10t}}
-  head: {{name: linear}}
-optim: {{name: adamw, lr: 3.0e-3}}
-schedule: {{name: none}}
-train: {{epochs: {epochs}, batch_size: 32, log_every: 2}}
-eval: {{batch_size: 128}}
-"""
 
 # A deterministic, BatchNorm-free encoder with the pretraining protocol, installed as a distribution
 # (a .dist-info folder on PYTHONPATH) so that torchrun's processes find it like any plugin.
@@ -121,8 +111,9 @@ def synth(tmp_path_factory) -> Path:
 
 def classify_recipe(tmp_path: Path, root: Path, epochs: int, overrides=()) -> dict:
     path = tmp_path / "tiny.yaml"
-    path.write_text(CLASSIFY.format(root=root, epochs=epochs))
-    return load_recipe(path, list(overrides), get_registry())
+    path.write_text(CLASSIFY.format(root=root))
+    return load_recipe(path, ["name=tiny", f"train.epochs={epochs}", "schedule.name=none", *overrides],
+                       get_registry())
 
 
 def epochs_of(run_dir: Path) -> list[dict]:
