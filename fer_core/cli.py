@@ -164,19 +164,18 @@ def run_command(recipe_path, overrides, resume, out, keep, nproc) -> None:
         from fer_core.launch import launch
 
         sys.exit(launch(nproc, sys.argv[1:]))
-    from fer_core.pretrain import run_pretrain
-    from fer_core.train import run
+    from fer_core.train import run  # here: `fer plugins` must not import torch
 
     if resume:
         with _failure_recorded(resume=resume):
-            resume_or_restart(resume, run, run_pretrain)
+            resume_or_restart(resume, run)
         return
     if not recipe_path:
         raise FerError("fer run needs a RECIPE file (or --resume RUN_DIR)")
     resolved = _load(recipe_path, overrides + ((f"train.keep={keep}",) if keep is not None else ()))
     _preflight(resolved)
     with _failure_recorded(parent=Path(out or resolved["output"]["dir"]) / resolved["name"]):
-        (run_pretrain if resolved["task"] == "pretrain" else run)(resolved, out=out)
+        run(resolved, out=out)
 
 
 @contextlib.contextmanager
@@ -195,7 +194,7 @@ def _failure_recorded(resume: str | None = None, parent: Path | None = None):
         raise
 
 
-def resume_or_restart(resume: str, run, run_pretrain) -> None:
+def resume_or_restart(resume: str, run) -> None:
     """Continue RUN_DIR; a run killed before its first checkpoint is removed and started over."""
     from fer_core import preflight, providers
     from fer_core.plugins import get_registry
@@ -212,19 +211,19 @@ def resume_or_restart(resume: str, run, run_pretrain) -> None:
         preflight.remove_unstarted_run(resume)
         err_console.print(f"[yellow]{escape(resume)} stopped before its first checkpoint: removed it and "
                           f"starting the run over from its recipe[/]", highlight=False, soft_wrap=True)
-        (run_pretrain if resolved["task"] == "pretrain" else run)(resolved, out=str(Path(resume).parent.parent))
+        run(resolved, out=str(Path(resume).parent.parent))
         return
     state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
     with providers.recorded(state.get("versions")):  # a missing plugin is named with its version
         validate_components(state["recipe"], get_registry())
-    (run_pretrain if state["recipe"].get("task") == "pretrain" else run)(None, resume=resume)
+    run(None, resume=resume)
 
 
 @main.command("eval")
 @click.argument("run_or_checkpoint", type=click.Path(exists=True))
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), help="Evaluate on another packed data set.")
 @click.option("--split", default="test", show_default=True, help="Split to evaluate.")
-@click.option("--tta", type=click.Choice(["flip"]), help="Test-time augmentation.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), help="Test-time augmentation  [default: the recipe's eval.tta].")
 @click.option("--by", "by", multiple=True, metavar="ATTRIBUTE",
               help="Also score each group of this per-sample attribute (repeatable; `fer data info` lists them).")
 @click.option("--bootstrap", "resamples", default=2000, show_default=True, type=click.IntRange(min=100),
@@ -236,7 +235,7 @@ def resume_or_restart(resume: str, run, run_pretrain) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_command(run_or_checkpoint, data_dir, split, tta, by, resamples, seed, min_support, out, as_json) -> None:
     """Evaluate a trained run (its best checkpoint) on a split; write the report into the run."""
-    import torch
+    import torch  # these imports are here: `fer plugins` and `fer --help` must not import torch
 
     from fer_core.assess import eval_dir, evaluate_run
     from fer_core.evaluate import report_table
@@ -245,12 +244,15 @@ def eval_command(run_or_checkpoint, data_dir, split, tta, by, resamples, seed, m
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     trained = load_trained(run_or_checkpoint, device)
+    tta, origin = (trained.recipe["eval"]["tta"], "the recipe's eval.tta") if tta is None else (tta, "--tta")
+    tta = None if tta == "none" else tta
     out = out or eval_dir(run_or_checkpoint, split, data_dir)
     report = evaluate_run(trained, data_dir=data_dir, split=split, tta=tta, by=by, resamples=resamples, seed=seed,
                           min_support=min_support, out=out, device=device)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps({**report, "tta": tta}, indent=2))
         return
+    console.print(f"test-time augmentation: {tta or 'none'} ({origin})", highlight=False)
     console.print(report_table(report))
     console.print(f"expected calibration error: {report['ece']:.4f}"
                   + (f" ({report['calibrated']['ece']:.4f} with temperature {trained.temperature:.3f})"

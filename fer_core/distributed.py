@@ -61,6 +61,21 @@ def any_true(env: Env, flag: bool) -> bool:
     return bool(value.item() > 0)
 
 
+def average_gradients(env: Env, parameters) -> None:
+    """For tasks that step their own optimisers: average each parameter's gradient over the
+    processes as soon as backward has accumulated it (every process runs the same graph, so the
+    all-reduces pair up in the same order)."""
+    if not env.distributed:
+        return
+
+    def average(param: torch.Tensor) -> None:
+        dist.all_reduce(param.grad)
+        param.grad.div_(env.world)
+
+    for param in parameters:
+        param.register_post_accumulate_grad_hook(average)
+
+
 def teardown(env: Env) -> None:
     if env.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import click
 
+from fer_core.errors import FerError
+
 MODES = ("sample", "interpolate")
 RECONSTRUCTIONS = 32  # faces in the reconstructions PNG, shown as 8 (input, reconstruction) pairs per row
 
@@ -33,11 +35,10 @@ def generate_images(run: str | Path, n: int = 100, mode: str = "sample", out: st
 
 
 def _generate(run, n, mode, out, seed, mix, device) -> dict[str, Path]:
-    import torch
+    import torch  # these imports are here: `fer --help` and `fer plugins` (which list this command) must not import torch
     from torchvision.utils import save_image
 
     from fer_core.data.sources import make_loader, resolve_classes
-    from fer_core.errors import FerError
     from fer_core.pretrain import load_pretrained
     from fer_core.runs import run_dir_of
     from fer_core.train import open_split_names

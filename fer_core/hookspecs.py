@@ -6,7 +6,7 @@ registry (on the first command that needs components). Each hook receives a
 
     register(name, target, summary="...", aliases=("other-name",))
 
-* ``name``: the name recipes use (``model.backbone.name: latent_vit``).
+* ``name``: the name recipes use (``model.backbone.name: timm``).
 * ``target``: a ``"package.module:factory"`` string (preferred: the module is
   imported only when the component is built, so ``fer plugins`` stays instant)
   or the factory callable itself.
@@ -15,8 +15,12 @@ registry (on the first command that needs components). Each hook receives a
 
 The factory is called with the recipe's parameters as keyword arguments, plus
 the context arguments of its kind when its signature names them (see
-``fer_core.registry.CONTEXT``), and returns a ``torch.nn.Module`` (a detector
-factory returns a detector object, see ``register_detectors``).
+``fer_core.registry.CONTEXT``), and returns a ``torch.nn.Module`` that declares
+the attributes of its kind (``fer_core.contracts.ATTRIBUTES``; a missing one is an
+error naming the component and its plugin). Encoders, backbones and heads may offer
+``param_groups(lr, weight_decay, layer_decay=None) -> list[dict]``, groups with their
+final ``lr`` (the contract of ``fer_core.optim``). A detector factory returns a
+detector object instead (see ``register_detectors``).
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ def register_backbones(register: Register) -> None:
 
     Called once per plugin when the registry is built. The module declares
     ``input_kind`` ("image" or "latent") and ``num_features``, and may offer
-    ``param_groups(lr) -> list[dict]`` for layer-wise learning rates.
+    ``param_groups(lr, weight_decay, layer_decay=None) -> list[dict]`` for
+    layer-wise learning rates (``fer_core.optim.timm_param_groups`` builds them).
     """
 
 

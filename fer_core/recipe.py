@@ -181,7 +181,7 @@ def validate_semantics(recipe: Mapping[str, Any]) -> None:
                 raise RecipeError(f"model.{part}: a pretraining recipe (task: pretrain) trains the encoder alone; "
                                   f"remove model.{part}")
         if recipe["model"]["encoder"]["name"] == "identity":
-            raise RecipeError("model.encoder: task: pretrain needs an encoder that trains itself, such as vaegan")
+            raise RecipeError("model.encoder: task: pretrain needs an encoder that trains itself (the pretraining protocol of fer_core.pretrain)")
     if "root" not in data and "sources" not in data:
         raise RecipeError("data.root: missing; point it at a directory made by `fer data pack` or `fer data synth`")
     for i, source in enumerate(data.get("sources") or []):

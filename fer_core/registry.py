@@ -31,7 +31,7 @@ CONTEXT: dict[str, tuple[str, ...]] = {
 }
 
 # Keys of a component spec that the core reads itself.
-RESERVED = ("name", "freeze")
+RESERVED = ("name", "freeze", "lr_mult")
 
 
 def normal_dist(name: str) -> str:

@@ -19,6 +19,9 @@ import yaml
 from fer_core.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "fer-checkpoint-1"
+# What every checkpoint of `fer run` holds (None where a key does not apply), besides its task's own key
+CHECKPOINT_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "ema", "rng", "counters", "recipe",
+                   "classes", "versions")
 
 
 def new_run_dir(out: str | Path, name: str) -> Path:
@@ -183,11 +186,15 @@ def read_recipe(run_dir: Path) -> dict[str, Any]:
 
 
 def save_epoch_checkpoints(run_dir: Path, state: Mapping[str, Any], epoch: int, best: bool, keep: int) -> None:
-    """``last.pt`` every epoch, ``best.pt`` when it improved, and the last ``keep`` epoch files."""
+    """``last.pt`` every epoch, ``best.pt`` when it improved, and the last ``keep`` epoch files.
+
+    ``best.pt`` goes first: a run killed between the two files resumes from the previous
+    ``last.pt``, redoes the epoch and writes the same ``best.pt`` again, whereas the other order
+    could leave a resumed run whose best epoch has no ``best.pt``."""
     folder = run_dir / "checkpoints"
-    save_checkpoint(folder / "last.pt", state)
     if best:
         save_checkpoint(folder / "best.pt", state)
+    save_checkpoint(folder / "last.pt", state)
     if keep:
         save_checkpoint(folder / f"epoch-{epoch:04d}.pt", state)
         for old in sorted(folder.glob("epoch-*.pt"))[:-keep]:

@@ -213,11 +213,13 @@ SCHEMA: dict[str, Any] = {
         "clip_grad": number(None, "clip the gradient norm to this value", 0, 1e6, lo_open=True, nullable=True),
         "ema": boolean(False, "keep an exponential moving average of the weights and evaluate it"),
         "ema_decay": number(0.999, "EMA decay per step", 0, 1, lo_open=True, hi_open=True),
+        "ema_warmup": boolean(True, "EMA warm-up (timm ModelEmaV3): the decay grows towards ema_decay over the first "
+                              "steps, so a short run does not score almost its initial weights"),
         "early_stopping": Section({
             "metric": choice(MISSING, METRICS, "the validation metric watched; default: eval.metric"),
             "patience": integer(5, 1, BIG, "epochs without improvement before stopping"),
-            "mode": choice(MISSING, ("max", "min"), "direction of improvement; the metric decides it today "
-                           "(min for loss, max otherwise)"),
+            "mode": choice(MISSING, ("max", "min"), "direction of improvement; default: the task's for the "
+                           "metric (min for loss, max otherwise)"),
         }, "stop when the validation metric stops improving", optional=True),
         "device": Key((str,), "auto, cpu, mps, cuda or cuda:N", "auto", pattern=DEVICE),
         "log_every": integer(10, 1, BIG, "optimiser steps between training log records"),

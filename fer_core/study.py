@@ -7,8 +7,8 @@ A study file::
     metric: accuracy                   # optional; the metric the plot shows
     overrides: [train.epochs=3]        # optional; applied to every run
     runs:                              # recipe paths are relative to the study file
-      - {recipe: ../latentvit-synth.yaml, label: latentvit-scratch}
-      - {recipe: ../hybridvit-full.yaml, label: hybrid-full, set: [optim.lr=3.0e-4]}
+      - {recipe: ../quickstart.yaml, label: cnn}
+      - {recipe: ../vit-tiny.yaml, label: vit, set: [optim.lr=3.0e-4]}
     grid:                              # optional; every run once per combination
       data.train_fraction: [0.1, 0.25, 0.5, 1.0]
 
@@ -34,11 +34,16 @@ from typing import Any
 
 import click
 
+import yaml
+
 from fer_core.errors import FerError, RecipeError
+from fer_core.plugins import get_registry
+from fer_core.recipe import METRICS, dump, load_recipe, read_yaml
+from fer_core.registry import suggest
+from fer_core.study_report import write_results
 
 STUDY_KEYS = ("name", "description", "out", "metric", "overrides", "runs", "grid")
 RUN_KEYS = ("recipe", "label", "set")
-FRACTION_KEY = "data.train_fraction"
 FILE_PARAMS = ("checkpoint", "pretrained_file")  # component parameters that name files read at build time
 
 
@@ -68,10 +73,6 @@ class Study:
 # -- the study file ---------------------------------------------------------------------------------
 def load_study(path: str | Path, out: str | None = None, extra_overrides: tuple[str, ...] = ()) -> Study:
     """Read and check a study file and resolve every run's recipe (one-line RecipeErrors)."""
-    from fer_core.plugins import get_registry
-    from fer_core.recipe import METRICS, read_yaml
-    from fer_core.registry import suggest
-
     path = Path(path)
     spec = read_yaml(path)
     where = path.name
@@ -139,8 +140,6 @@ def _grid(grid: Any, where: str) -> dict[str, list[Any]]:
 
 
 def _run_entry(entry: Any, where: str) -> tuple[str, str, list[str]]:
-    from fer_core.registry import suggest
-
     if isinstance(entry, str):
         entry = {"recipe": entry}
     if not isinstance(entry, dict) or "recipe" not in entry:
@@ -161,8 +160,6 @@ def _run_id(label: str, settings: dict[str, Any]) -> str:
 
 def _resolve(run: StudyRun, registry, context: str) -> dict[str, Any]:
     """The validated recipe; also checks that its data and the files its components read exist."""
-    from fer_core.recipe import load_recipe
-
     try:
         recipe = load_recipe(run.recipe_path, run.overrides, registry=registry)
     except RecipeError as exc:
@@ -185,8 +182,6 @@ def run_study(study: Study, console=None) -> list[dict[str, Any]]:
     """Run every unfinished run of ``study``; returns the result rows (also written to disk)."""
     from rich.console import Console
 
-    from fer_core.study_report import write_results
-
     console = console or Console()
     study.out_dir.mkdir(parents=True, exist_ok=True)
     state_path = study.out_dir / "study.json"
@@ -205,7 +200,7 @@ def run_study(study: Study, console=None) -> list[dict[str, Any]]:
         records[run.id] = record = {"status": "running", "run_dir": str(resume) if resume else None, "error": None}
         _save_state(state_path, study, records)
         _reset_peak_memory()
-        from fer_core.train import run as train
+        from fer_core.train import run as train  # here: `fer plugins` (which lists `fer study`) must not import torch
 
         try:
             if resume:
@@ -232,10 +227,6 @@ def _run_out(study: Study, run: StudyRun) -> Path:
 
 
 def _same_recipe(run_dir: Path, run: StudyRun) -> bool:
-    import yaml
-
-    from fer_core.recipe import dump
-
     stored = run_dir / "recipe.yaml"
     return stored.is_file() and yaml.safe_load(stored.read_text()) == yaml.safe_load(dump(run.recipe))
 
@@ -258,7 +249,7 @@ def _latest_dir(study: Study, run: StudyRun) -> str | None:
 
 
 def _save_state(path: Path, study: Study, records: dict[str, dict]) -> None:
-    from fer_core.runs import write_json
+    from fer_core.runs import write_json  # here: fer_core.runs imports torch, and `fer plugins` must not
 
     write_json(path, {"study": study.name, "file": str(study.path), "runs": records})
 

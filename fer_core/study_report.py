@@ -1,4 +1,7 @@
-"""The comparison a study writes: results.json, results.md, results.csv, a plot and a rich table."""
+"""The comparison a study writes: results.json, results.md, results.csv, a plot and a rich table.
+
+Functions take a ``fer_core.study.Study`` (this module does not import it: study.py imports this one).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fer_core.run_status import run_state, status_text, study_status
-from fer_core.study import FRACTION_KEY, Study
+
+FRACTION_KEY = "data.train_fraction"  # the grid key plotted as the x axis
 
 # (row key, column title, format) in table order, after the approach and the grid values
 COLUMNS = (
@@ -25,7 +29,7 @@ COLUMNS = (
 )
 
 
-def result_row(study: Study, run, record: dict[str, Any]) -> dict[str, Any]:
+def result_row(study, run, record: dict[str, Any]) -> dict[str, Any]:
     """One run's line of the comparison, from its summary.json when it finished."""
     row: dict[str, Any] = {"id": run.id, "label": run.label, **{k: v for k, v in run.settings.items()},
                            "recipe": run.recipe["name"], "status": record.get("status", "pending"),
@@ -37,14 +41,14 @@ def result_row(study: Study, run, record: dict[str, Any]) -> dict[str, Any]:
         row.update(epochs=state.epoch, planned_epochs=state.epochs)  # how far it got
     if row["status"] == "finished" and state is not None:
         s = state.summary
-        row.update(s["test"])
+        row.update(s.get("test", {}))  # pretraining runs have no test accuracy: their cells stay empty
         row.update({k: s[k] for k in ("epochs", "train_time_s", "inference_images_per_s", "inference_input",
-                                      "peak_memory_mb", "parameters", "trainable_parameters")})
+                                      "peak_memory_mb", "parameters", "trainable_parameters") if k in s})
         row["trainable_percent"] = round(100 * s["trainable_parameters"] / max(s["parameters"], 1), 2)
     return row
 
 
-def write_results(study: Study, records: dict[str, dict], console=None) -> list[dict[str, Any]]:
+def write_results(study, records: dict[str, dict], console=None) -> list[dict[str, Any]]:
     rows = [result_row(study, run, records.get(run.id, {})) for run in study.runs]
     out = study.out_dir
     plot = plot_results(study, rows, out)
@@ -60,7 +64,7 @@ def write_results(study: Study, records: dict[str, dict], console=None) -> list[
     return rows
 
 
-def _cells(study: Study, row: dict[str, Any]) -> list[str]:
+def _cells(study, row: dict[str, Any]) -> list[str]:
     cells = [row["label"], *(_value(row.get(key)) for key in study.grid)]
     if row["status"] != "finished" or "accuracy" not in row:
         note = status_text(study_status(row), row.get("epochs"), row.get("planned_epochs"), row.get("error"))
@@ -72,11 +76,11 @@ def _value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _titles(study: Study) -> list[str]:
+def _titles(study) -> list[str]:
     return ["approach", *(key.split(".")[-1] for key in study.grid), "status", *(title for _, title, _ in COLUMNS)]
 
 
-def markdown_table(study: Study, rows: list[dict[str, Any]], plot: Path | None) -> str:
+def markdown_table(study, rows: list[dict[str, Any]], plot: Path | None) -> str:
     titles = _titles(study)
     lines = [f"# Study {study.name}", ""]
     if study.description:
@@ -93,7 +97,7 @@ def markdown_table(study: Study, rows: list[dict[str, Any]], plot: Path | None) 
     return "\n".join(lines) + "\n"
 
 
-def csv_text(study: Study, rows: list[dict[str, Any]]) -> str:
+def csv_text(study, rows: list[dict[str, Any]]) -> str:
     fields = ["id", "label", *study.grid, "recipe", "status", *(key for key, _, _ in COLUMNS), "epochs",
               "inference_input", "run_dir", "error"]
     buffer = io.StringIO()
@@ -104,7 +108,7 @@ def csv_text(study: Study, rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def rich_table(study: Study, rows: list[dict[str, Any]]):
+def rich_table(study, rows: list[dict[str, Any]]):
     from rich.markup import escape
     from rich.table import Table
 
@@ -119,7 +123,7 @@ def rich_table(study: Study, rows: list[dict[str, Any]]):
     return table
 
 
-def plot_results(study: Study, rows: list[dict[str, Any]], out: Path) -> Path | None:
+def plot_results(study, rows: list[dict[str, Any]], out: Path) -> Path | None:
     """The metric against the training-set fraction (a line per approach), or a bar per run."""
     done = [row for row in rows if row["status"] == "finished" and study.metric in row]
     if not done:

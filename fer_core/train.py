@@ -1,10 +1,15 @@
-"""`fer run`: one readable training loop, top to bottom.
+"""`fer run`: the one training loop, top to bottom, for every task.
 
-recipe -> data -> model, loss, optimiser, schedule -> epochs of
-(train steps, evaluation, checkpoint) -> final test report. Everything the
-loop needs to continue exactly (weights, optimiser, schedule, scaler, EMA,
-RNG states, counters) is in ``checkpoints/last.pt``, written atomically at
-the end of every epoch.
+recipe -> data -> task (model, losses, metrics) -> optimiser, schedule, EMA -> epochs of
+(train steps, evaluation, checkpoint) -> test evaluation and the task's report. The task
+(``fer_core.task``: classification, pretraining) says how a batch becomes losses and how a
+split is scored; everything else is here. Everything the loop needs to continue exactly
+(weights, optimiser, schedule, scaler, EMA, the task's own state, RNG states, counters) is in
+``checkpoints/last.pt``, written atomically at the end of every epoch.
+
+The step loop does not wait for the device: losses are summed on it and read (one host sync)
+every ``train.log_every`` optimiser steps and at the end of an epoch, which is also when a
+non-finite loss is caught.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -20,16 +26,23 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from timm.utils import ModelEmaV3
 
 from fer_core import __version__, distributed
-from fer_core.data.sources import cached_latents, ensure_data, make_loader, open_split, resolve_classes
+from fer_core.classify import ClassificationTask
+from fer_core.data.shards import read_manifest
+from fer_core.data.sources import ensure_data, make_loader, resolve_classes, source_roots
 from fer_core.errors import FerError
-from fer_core.evaluate import evaluate, report_table, write_report
-from fer_core.model import build_model, build_sample_augments, count_parameters
+from fer_core.model import count_parameters
+from fer_core.optim import make_optimizer, make_scheduler
 from fer_core.plugins import get_host
+from fer_core.pretrain import PretrainTask
 from fer_core.recipe import dump
-from fer_core.runs import (MetricsLog, load_checkpoint, new_run_dir, rng_state, save_epoch_checkpoints,
-                           set_rng_state, write_json, write_text)
+from fer_core.runs import (CHECKPOINT_KEYS, MetricsLog, load_checkpoint, new_run_dir, rng_state,
+                           save_epoch_checkpoints, set_rng_state, write_json, write_text)
+from fer_core.task import Batch, Setup, Task
+
+TASKS: dict[str, type[Task]] = {"classify": ClassificationTask, "pretrain": PretrainTask}
 
 
 class NonFiniteLoss(FerError):
@@ -42,81 +55,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model, optim: dict) -> torch.optim.Optimizer:
-    groups = model.param_groups(optim["lr"], optim["weight_decay"], optim.get("layer_decay"))
-    if not groups:
-        raise FerError("nothing to train: every component is frozen; unfreeze the backbone or head")
-    if optim["name"] == "sgd":
-        return torch.optim.SGD(groups, lr=optim["lr"], momentum=optim["momentum"], nesterov=optim["nesterov"])
-    cls = torch.optim.AdamW if optim["name"] == "adamw" else torch.optim.Adam
-    return cls(groups, lr=optim["lr"], betas=tuple(optim["betas"]))
-
-
-def make_scheduler(optimizer, schedule: dict, epochs: int, updates_per_epoch: int, metric_mode: str):
-    from timm.scheduler import create_scheduler_v2
-
-    if schedule["name"] == "none":
-        return None
-    kind = {"cosine": "cosine", "step": "step", "plateau": "plateau"}[schedule["name"]]
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched=kind, num_epochs=epochs, decay_epochs=schedule["step_size"],
-        decay_rate=schedule["factor"] if kind == "plateau" else schedule["gamma"],
-        patience_epochs=schedule["patience"], min_lr=schedule["min_lr"], warmup_lr=schedule["warmup_lr"],
-        warmup_epochs=schedule["warmup_epochs"], plateau_mode=metric_mode,
-        step_on_epochs=kind == "plateau", updates_per_epoch=updates_per_epoch,
-    )
-    return scheduler
-
-
-def metric_mode(metric: str) -> str:
-    return "min" if metric == "loss" else "max"
-
-
 def autocast_dtype(train: dict, device: torch.device) -> torch.dtype | None:
     if not train["amp"]:
         return None
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
-def _encoder_weights_external(recipe: dict, model) -> bool:
-    """Frozen encoders loaded from their own file are rebuilt from it, not stored again."""
-    return bool(model.frozen.get("encoder") and recipe["model"]["encoder"].get("checkpoint"))
+def improved(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value < best if mode == "min" else value > best)
 
 
-def model_state(recipe: dict, model) -> dict[str, torch.Tensor]:
-    state = model.state_dict()
-    if _encoder_weights_external(recipe, model):
-        state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
-    return state
-
-
-def load_model_state(recipe: dict, model, state: dict) -> None:
-    strict = not _encoder_weights_external(recipe, model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if strict or not k.startswith("encoder.")]
-    if missing or unexpected:
-        raise FerError(f"checkpoint does not fit the recipe's model: missing {missing[:3]}, "
-                       f"unexpected {unexpected[:3]}")
-
-
-def run(recipe: dict[str, Any], out: str | None = None, resume: str | Path | None = None,
+def run(recipe: dict[str, Any] | None, out: str | Path | None = None, resume: str | Path | None = None,
         console: Console | None = None) -> Path | None:
-    """Train ``recipe``; returns the run directory (on rank 0)."""
+    """Train ``recipe`` (or continue the run ``resume``) with its task; returns the run directory (on rank 0)."""
     console = console or Console()
     state = None
     if resume is not None:
         state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
         recipe = state["recipe"]
-    train_cfg, data_cfg, eval_cfg = recipe["train"], recipe["data"], recipe["eval"]
-    env = distributed.setup(train_cfg["device"])
+    if recipe is None:
+        raise FerError("fer run needs a RECIPE file (or --resume RUN_DIR)")
+    env = distributed.setup(recipe["train"]["device"])
     try:
-        return _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg)
+        return _run(recipe, out, resume, state, env, console)
     finally:
         distributed.teardown(env)
 
 
-def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg):
-    quiet = not env.main
+def _run(recipe, out, resume, state, env, console):
+    train_cfg, data_cfg, eval_cfg = recipe["train"], recipe["data"], recipe["eval"]
     # -- data -----------------------------------------------------------------
     if env.main:
         ensure_data(data_cfg, console)
@@ -124,64 +91,55 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
     classes = resolve_classes(data_cfg)
     if train_cfg["batch_size"] % env.world:
         raise FerError(f"train.batch_size {train_cfg['batch_size']} must divide by the {env.world} processes")
-    batch = train_cfg["batch_size"] // env.world
-    class_counts = [sum(c) for c in zip(*(s.class_counts() for s in open_split(data_cfg, "train", classes)))]
 
-    # -- model, loss, optimiser ------------------------------------------------
+    # -- task, loaders, optimisation ---------------------------------------------
     seed_everything(recipe["seed"])
-    registry = get_host().registry
-    model = build_model(recipe, registry, classes).to(env.device)
-    sample_augments = build_sample_augments(recipe, registry, len(classes))
-    loss_fn = registry.build("loss", recipe["loss"], "loss", {"num_classes": len(classes), "class_counts": class_counts,
-                                                              "classes": classes, "recipe": recipe}).to(env.device)
-    wants_batch = getattr(loss_fn, "wants_batch", False)  # called with the step's inputs and sample keys
-    # a frozen encoder's outputs cached as latent shards are read instead of running it
-    latents = cached_latents(data_cfg, recipe["model"]["encoder"], model.encoder,
-                             frozen=model.frozen.get("encoder", False), sample_augments=sample_augments,
-                             batch_size=eval_cfg["batch_size"], device=env.device, main=env.main,
-                             barrier=lambda: distributed.barrier(env), console=console if env.main else None)
-    encoded = latents is not None
-    if encoded and env.main:
-        console.print(f"reading cached latents from {', '.join(str(root) for root, _ in latents)}; "
-                      f"the encoder does not run" + ("; eval.tta does not apply to latents" if eval_cfg["tta"]
-                                                     else ""), highlight=False, soft_wrap=True)
-    train_loader = make_loader(data_cfg, "train", classes, batch, train=True, seed=recipe["seed"],
-                               augments=sample_augments, rank=env.rank, world=env.world, latent=encoded,
-                               roots=latents)
+    amp_dtype = autocast_dtype(train_cfg, env.device)
+    task = TASKS[recipe["task"]](Setup(recipe, get_host().registry, classes, env, amp_dtype, console))
+    model = task.build()
+    options = task.loader_options()
+    train_loader = make_loader(data_cfg, "train", classes, train_cfg["batch_size"] // env.world, train=True,
+                               seed=recipe["seed"], augments=task.sample_augments, rank=env.rank, world=env.world,
+                               **options)
     eval_split = "val" if "val" in open_split_names(data_cfg) else "test"
     val_loader = make_loader(data_cfg, eval_split, classes, eval_cfg["batch_size"], train=False,
-                             seed=recipe["seed"], rank=env.rank, world=env.world, latent=encoded, roots=latents)
+                             seed=recipe["seed"], rank=env.rank, world=env.world, **options)
+    task.prepare(val_loader)
     accumulate = train_cfg["accumulate"]
-    updates_per_epoch = math.ceil(len(train_loader) / accumulate)
-    best_metric = eval_cfg["metric"]
+    best_metric = task.best_metric()
     stop_cfg = train_cfg.get("early_stopping")
     stop_metric = stop_cfg.get("metric", best_metric) if stop_cfg else best_metric
-    optimizer = make_optimizer(model, recipe["optim"])
-    scheduler = make_scheduler(optimizer, recipe["schedule"], train_cfg["epochs"], updates_per_epoch,
-                               metric_mode(stop_metric))
-    amp_dtype = autocast_dtype(train_cfg, env.device)
+    stop_mode = (stop_cfg or {}).get("mode") or task.mode(stop_metric)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    ema = None
-    if train_cfg["ema"]:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=train_cfg["ema_decay"])
+    optimizer = scheduler = ema = None
     net = model
-    if env.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    if task.owns_optimisation:
+        task.configure(recipe["optim"])
+    else:
+        optimizer = make_optimizer(task.param_groups(), recipe["optim"])
+        scheduler = make_scheduler(optimizer, recipe["schedule"], train_cfg["epochs"],
+                                   math.ceil(len(train_loader) / accumulate), stop_mode)
+        if train_cfg["ema"]:  # recipes written before ema_warmup existed keep their plain EMA
+            ema = ModelEmaV3(model, decay=train_cfg["ema_decay"], use_warmup=train_cfg.get("ema_warmup", False))
+        if env.distributed:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
 
     # -- run directory and resume -------------------------------------------------
-    counters = {"epoch": 0, "step": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "train_time": 0.0}
+    counters = {"epoch": 0, "step": 0, "best": None, "best_epoch": 0, "stop_best": None, "bad_epochs": 0,
+                "train_time": 0.0, "initial": None, "last_val": None}
     if state is not None:
         run_dir = Path(resume)
-        load_model_state(recipe, model, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        task.load_model_state(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema"):
             ema.module.load_state_dict(state["ema"])
+        if task.checkpoint_key:
+            task.load_state(state[task.checkpoint_key])
         counters.update(state["counters"])
         set_rng_state(state["rng"])
     elif env.main:
@@ -189,23 +147,32 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
         write_text(run_dir / "recipe.yaml", dump(recipe))
     else:
         run_dir = None
-    log = MetricsLog(run_dir, enabled=env.main) if env.main else MetricsLog(Path("."), enabled=False)
+    log = MetricsLog(run_dir) if env.main else MetricsLog(Path("."), enabled=False)
     if state is not None:
         log.truncate_after(counters["epoch"])
     total_params, trainable_params = count_parameters(model)
     if env.main:
-        console.print(f"[bold]{recipe['name']}[/]: {len(classes)} classes, {train_loader.stream.total} "
-                      f"training samples, {total_params:,} parameters ({trainable_params:,} trainable), "
-                      f"{env.world} process(es) on {env.device.type}" + (f"; resuming after epoch "
-                      f"{counters['epoch']}" if state is not None else ""), highlight=False)
+        console.print(f"[bold]{recipe['name']}[/] ({task.name}): {len(classes)} classes, "
+                      f"{train_loader.stream.total} training samples, {total_params:,} parameters "
+                      f"({trainable_params:,} trainable), {env.world} process(es) on {env.device.type}"
+                      + (f"; resuming after epoch {counters['epoch']}" if state is not None else ""), highlight=False)
+    autocast = (lambda: torch.autocast(env.device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    if task.evaluate_before and counters["initial"] is None:  # the untrained weights, for the before/after
+        counters["initial"] = scalars(task.evaluate(model, val_loader, autocast))
+        log.log({"kind": "epoch", "epoch": 0, "step": 0, **prefixed("val", counters["initial"])}, 0)
+        if env.main:
+            console.print(f"before training: {eval_split} {best_metric} {counters['initial'][best_metric]:.4f}",
+                          highlight=False)
 
     def checkpoint_state() -> dict:
-        return {
-            "model": model_state(recipe, model),
-            "optimizer": optimizer.state_dict(),
+        state = dict.fromkeys(CHECKPOINT_KEYS[1:])  # the layout every checkpoint has; save_checkpoint adds format
+        return state | {
+            "model": task.model_state(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict(),
+            "scaler": scaler.state_dict() if optimizer is not None else None,
             "ema": ema.module.state_dict() if ema is not None else None,
+            **({task.checkpoint_key: task.state()} if task.checkpoint_key else {}),
             "rng": rng_state(),
             "counters": dict(counters),
             "recipe": recipe,
@@ -214,86 +181,93 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
         }
 
     # -- epochs ------------------------------------------------------------------
-    autocast = (lambda: torch.autocast(env.device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f} {task.fields[rate]:.0f} img/s"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet, transient=False)
+    shown = " ".join(f"{name} {{task.fields[{name}]:.4f}}" for name in task.progress)
+    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"),
+                        TextColumn(shown + " {task.fields[rate]:.0f} img/s"), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console, disable=not env.main, transient=False)
     with progress:
         for epoch in range(counters["epoch"], train_cfg["epochs"]):
             train_loader.set_epoch(epoch)
             net.train()
-            task = progress.add_task("train", total=len(train_loader), epoch=epoch + 1, loss=0.0, acc=0.0, rate=0.0)
-            started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-            optimizer.zero_grad(set_to_none=True)
+            bar = progress.add_task("train", total=len(train_loader), epoch=epoch + 1, rate=0.0,
+                                    **{name: 0.0 for name in task.progress})
+            started, seen, rate = time.perf_counter(), 0, 0.0
+            window = Window()
+            totals: dict[str, float] = {}
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
             for i, (inputs, targets, keys) in enumerate(train_loader):
-                inputs = inputs.to(env.device, non_blocking=True)
-                targets = targets.to(env.device, non_blocking=True)
-                last_micro = (i + 1) % accumulate == 0 or i + 1 == len(train_loader)
-                sync = contextlib.nullcontext() if last_micro or not env.distributed else net.no_sync()
-                with sync:
-                    with autocast():
-                        if wants_batch:
-                            logits, mixed, mixed_inputs = net(inputs, targets, encoded=encoded, return_inputs=True)
-                            loss = loss_fn(logits, mixed, inputs=mixed_inputs, keys=keys)
-                        else:
-                            logits, mixed = net(inputs, targets, encoded=encoded)
-                            loss = loss_fn(logits, mixed)
-                    if distributed.any_true(env, not torch.isfinite(loss).item()):
-                        raise NonFiniteLoss(
-                            f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; the run stopped and "
-                            f"checkpoints/last.pt still holds epoch {counters['epoch']}. Lower optim.lr, set "
-                            f"train.clip_grad, or turn off train.amp")
-                    scaler.scale(loss / accumulate).backward()
-                if last_micro:
-                    if train_cfg["clip_grad"]:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg["clip_grad"])
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
+                batch = Batch(inputs.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True),
+                              keys)
+                if task.owns_optimisation:
+                    outputs = task.train_step(net, batch, autocast)
+                    stepped = True
+                else:
+                    stepped = (i + 1) % accumulate == 0 or i + 1 == len(train_loader)
+                    sync = contextlib.nullcontext() if stepped or not env.distributed else net.no_sync()
+                    with sync:
+                        outputs = task.train_step(net, batch, autocast)
+                        scaler.scale(outputs["loss"] / accumulate).backward()
+                    if stepped:
+                        if train_cfg["clip_grad"]:
+                            scaler.unscale_(optimizer)
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg["clip_grad"])
+                        scaler.step(optimizer)
+                        scaler.update()
+                        optimizer.zero_grad(set_to_none=True)
+                if stepped:
                     counters["step"] += 1
                     if ema is not None:
                         ema.update(model, step=counters["step"])
                     if scheduler is not None:
                         scheduler.step_update(counters["step"])
-                n = len(targets)
-                seen += n
-                loss_sum += loss.item() * n
-                hard = targets.argmax(1) if targets.is_floating_point() else targets
-                correct += (logits.argmax(1) == hard).sum().item()
+                window.add(outputs, len(inputs), counters["step"])
+                seen += len(inputs)
                 rate = seen * env.world / max(time.perf_counter() - started, 1e-9)
-                progress.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen, rate=rate)
-                if env.main and counters["step"] % train_cfg["log_every"] == 0 and last_micro:
-                    log.log({"kind": "train", "epoch": epoch + 1, "step": counters["step"], "loss": loss.item(),
-                             "lr": optimizer.param_groups[0]["lr"]}, counters["step"])
+                log_now = stepped and counters["step"] % train_cfg["log_every"] == 0
+                if log_now or i + 1 == len(train_loader):  # the only host syncs of the step loop
+                    means = window.read(env, epoch, counters["epoch"])
+                    for name, value in window.sums.items():
+                        totals[name] = totals.get(name, 0.0) + value
+                    progress.update(bar, **{name: totals[name] / seen for name in task.progress if name in totals})
+                    if log_now and env.main:
+                        lr = {"lr": optimizer.param_groups[0]["lr"]} if optimizer is not None else {}
+                        log.log({"kind": "train", "epoch": epoch + 1, "step": counters["step"], **means, **lr},
+                                counters["step"])
+                    window = Window()
+                progress.update(bar, advance=1, rate=rate)
             _check_corrupt(train_loader, data_cfg, env)
             counters["train_time"] += time.perf_counter() - started
             scored = ema.module if ema is not None else model
-            metrics = evaluate(scored, val_loader, len(classes), env.device, encoded=encoded, amp_dtype=amp_dtype,
-                               loss_fn=loss_fn)
+            metrics = scalars(task.evaluate(scored, val_loader, autocast))
             counters["epoch"] = epoch + 1
-            value = metrics[stop_metric]
+            missing = [m for m in {best_metric, stop_metric} if m not in metrics]
+            if missing:
+                raise FerError(f"metric {missing[0]!r} is not computed by task {task.name}; it computes "
+                               f"{', '.join(metrics)}")
             if scheduler is not None:
-                scheduler.step(epoch + 1, value)
-            better = counters["best"] is None or (value < counters["best"] if metric_mode(stop_metric) == "min"
-                                                  else value > counters["best"])
+                scheduler.step(epoch + 1, metrics[stop_metric])
+            better = improved(metrics[best_metric], counters["best"], task.mode(best_metric))
             if better:
-                counters.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
+                counters.update(best=metrics[best_metric], best_epoch=epoch + 1)
+            if improved(metrics[stop_metric], counters["stop_best"], stop_mode):
+                counters.update(stop_best=metrics[stop_metric], bad_epochs=0)
             else:
                 counters["bad_epochs"] += 1
-            record = {"kind": "epoch", "epoch": epoch + 1, "step": counters["step"], "train_loss": loss_sum / max(seen, 1),
-                      "train_accuracy": correct / max(seen, 1), "samples_per_s": rate,
-                      **{f"val_{k}": metrics[k] for k in ("accuracy", "f1_macro", "f1_weighted", "loss")}}
+            counters["last_val"] = metrics
+            record = {"kind": "epoch", "epoch": epoch + 1, "step": counters["step"],
+                      **prefixed("train", {k: v / max(seen, 1) for k, v in totals.items()}),
+                      "samples_per_s": rate, **prefixed("val", metrics)}
             if env.main:
                 log.log(record, epoch + 1)
+                task.epoch_end(run_dir, epoch + 1)
                 save_epoch_checkpoints(run_dir, checkpoint_state(), epoch + 1, better, train_cfg["keep"])
-                progress.console.print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, "
-                                       f"{eval_split} accuracy {metrics['accuracy']:.4f}, macro F1 "
-                                       f"{metrics['f1_macro']:.4f}" + (" [green](best)[/]" if better else ""),
-                                       highlight=False)
+                progress.console.print(f"epoch {epoch + 1}: {task.epoch_line(record, eval_split)}"
+                                       + (" [green](best)[/]" if better else ""), highlight=False)
             if stop_cfg and counters["bad_epochs"] >= stop_cfg.get("patience", 5):
                 if env.main:
-                    progress.console.print(f"early stopping: {stop_metric} has not improved for "
+                    progress.console.print(f"early stopping: {stop_metric} has not improved ({stop_mode}) for "
                                            f"{counters['bad_epochs']} epochs")
                 break
 
@@ -301,39 +275,77 @@ def _run(recipe, out, resume, state, env, console, train_cfg, data_cfg, eval_cfg
     distributed.barrier(env)
     if env.main:
         best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-        load_model_state(recipe, model, best_state["ema"] or best_state["model"])
+        task.load_model_state(best_state.get("ema") or best_state["model"])
     if env.distributed:  # every rank evaluates the same (best) weights
         for tensor in model.state_dict().values():
             torch.distributed.broadcast(tensor, 0)
     test_split = "test" if "test" in open_split_names(data_cfg) else eval_split
     test_loader = make_loader(data_cfg, test_split, classes, eval_cfg["batch_size"], train=False,
-                              seed=recipe["seed"], rank=env.rank, world=env.world, latent=encoded, roots=latents)
-    result = evaluate(model, test_loader, len(classes), env.device, encoded=encoded, amp_dtype=amp_dtype,
-                      tta=eval_cfg["tta"])
+                              seed=recipe["seed"], rank=env.rank, world=env.world, **options)
+    result = task.evaluate(model, test_loader, autocast, final=True)
     if not env.main:
         return None
-    throughput = measure_throughput(model, test_loader, env.device, amp_dtype, encoded=encoded)
     summary = {
-        "recipe": recipe["name"], "run_dir": str(run_dir), "epochs": counters["epoch"],
-        "best_epoch": counters["best_epoch"], f"best_val_{stop_metric}": counters["best"],
-        "test": {k: result[k] for k in ("accuracy", "f1_macro", "f1_weighted")}, "test_split": test_split,
-        "train_time_s": round(counters["train_time"], 2), "parameters": total_params,
-        "trainable_parameters": trainable_params, "inference_images_per_s": throughput,
-        "inference_input": "latents" if encoded else "images",
+        "recipe": recipe["name"], "task": task.name, "run_dir": str(run_dir), "epochs": counters["epoch"],
+        "best_epoch": counters["best_epoch"], f"best_val_{best_metric}": counters["best"],
+        "eval_split": eval_split, "test_split": test_split, "train_time_s": round(counters["train_time"], 2),
+        "parameters": total_params, "trainable_parameters": trainable_params,
+        "scored_weights": "ema" if ema is not None else "model",
+        "ema": ({"decay": train_cfg["ema_decay"], "warmup": train_cfg.get("ema_warmup", False)}
+                if ema is not None else None),
         "peak_memory_mb": peak_memory_mb(env.device), "processes": env.world,
     }
-    write_report(run_dir, recipe["name"], result, classes, test_split, {"summary": summary})
+    task.report(run_dir, result, summary, test_loader, counters)
     write_json(run_dir / "summary.json", summary)
     log.close()
-    console.print(report_table({"recipe": recipe["name"], "split": test_split, "classes": classes, **result}))
-    console.print(f"run directory: {run_dir}  (report.md, summary.json, checkpoints/)", highlight=False)
     return run_dir
 
 
-def open_split_names(data_cfg: dict) -> set[str]:
-    from fer_core.data.shards import read_manifest
-    from fer_core.data.sources import source_roots
+class Window:
+    """Step outputs summed on the device since the last read: no host sync until ``read``."""
 
+    def __init__(self):
+        self.device_sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.first_step: int | None = None
+        self.last_step = 0
+        self.sums: dict[str, float] = {}
+
+    def add(self, outputs: dict[str, Any], n: int, step: int) -> None:
+        for name, value in outputs.items():
+            value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            self.device_sums[name] = self.device_sums.get(name, 0.0) + value.float() * n
+        self.count += n
+        self.first_step = step if self.first_step is None else self.first_step
+        self.last_step = step
+
+    def read(self, env, epoch: int, saved_epoch: int) -> dict[str, float]:
+        """The window's means, read in one sync; NonFiniteLoss when one is not finite (on any rank)."""
+        names = list(self.device_sums)
+        values = torch.stack([self.device_sums[name].to(env.device) for name in names]).tolist() if names else []
+        self.sums = dict(zip(names, values))
+        bad = [name for name, value in self.sums.items() if not math.isfinite(value)]
+        if distributed.any_true(env, bool(bad)):
+            name = bad[0] if bad else "loss"
+            value = self.sums.get(name, float("nan")) / max(self.count, 1)
+            kept = (f"checkpoints/last.pt still holds epoch {saved_epoch}" if saved_epoch
+                    else "no epoch had finished, so there is no checkpoint")
+            raise NonFiniteLoss(
+                f"{name} became {value} at epoch {epoch + 1}, steps {self.first_step}-{self.last_step}; the run "
+                f"stopped and {kept}. Lower optim.lr, set train.clip_grad, or turn off train.amp")
+        return {name: value / max(self.count, 1) for name, value in self.sums.items()}
+
+
+def scalars(result: dict[str, Any]) -> dict[str, float]:
+    """The numbers of an evaluation (for logs, best.pt and early stopping)."""
+    return {k: v for k, v in result.items() if isinstance(v, float)}
+
+
+def prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}_{name}": value for name, value in values.items()}
+
+
+def open_split_names(data_cfg: dict) -> set[str]:
     return set(read_manifest(source_roots(data_cfg)[0][0])["splits"])
 
 
@@ -351,27 +363,7 @@ def _check_corrupt(loader, data_cfg: dict, env) -> None:
         print(f"warning: skipped {len(bad)} corrupt samples this epoch (first: {bad[0]})")
 
 
-@torch.no_grad()
-def measure_throughput(model, loader, device, amp_dtype, repeats: int = 3, encoded: bool = False) -> float:
-    """Images per second of a forward pass on one evaluation batch (of cached latents when ``encoded``)."""
-    model.eval()
-    inputs = next(iter(loader))[0].to(device)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-    with autocast:
-        model(inputs, encoded=encoded)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            model(inputs, encoded=encoded)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return round(repeats * len(inputs) / (time.perf_counter() - start), 1)
-
-
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    import resource
-
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

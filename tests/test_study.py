@@ -167,3 +167,27 @@ def test_cli_check_lists_runs(tmp_path, synth):
     assert result.exit_code == 0, result.output
     assert "4 runs validated" in result.output and "image_train_fraction=1.0" in result.output
     assert not (tmp_path / "out").exists()
+
+
+PRETRAIN = """
+name: tiny-vaegan
+task: pretrain
+data: {{root: {root}, image_size: 32, num_workers: 0, shuffle_buffer: 32}}
+model:
+  encoder: {{name: vaegan, latent_dim: 8, widths: [8, 16], disc_body: resnet10t}}
+optim: {{name: adam, lr: 2.0e-3, betas: [0.5, 0.999], weight_decay: 0.0}}
+train: {{epochs: 1, batch_size: 32}}
+eval: {{batch_size: 64}}
+"""
+
+
+def test_a_pretraining_recipe_in_a_study_runs_the_pretraining_task(tmp_path, synth):
+    (tmp_path / "pretrain.yaml").write_text(PRETRAIN.format(root=synth))
+    (tmp_path / "study.yaml").write_text("name: pre\nruns: [{recipe: pretrain.yaml, label: vaegan}]\n")
+    rows = run_study(load_study(tmp_path / "study.yaml", out=str(tmp_path / "out")), quiet())
+    assert [r["status"] for r in rows] == ["finished"], rows
+    run_dir = Path(rows[0]["run_dir"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["task"] == "pretrain" and summary["val_l1_after"] < summary["val_l1_before"]
+    assert (run_dir / "samples" / "epoch-0001.png").is_file()
+    assert rows[0]["parameters"] == summary["parameters"] and "accuracy" not in rows[0]

@@ -138,6 +138,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synth):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_a_non_finite_loss_is_caught_within_log_every_steps(tmp_path, synth):
+    """The step loop reads the loss from the device only every log_every steps, and still stops there."""
+    registry = get_registry()
+    registry.add(Component("loss", "nan_after", lambda calls=0: _NanAfter(calls), plugin="test"))
+    recipe = load_recipe(write_recipe(tmp_path, synth), ["loss={name: nan_after, calls: 3}", "train.log_every=4"],
+                         registry)
+    with pytest.raises(NonFiniteLoss, match=r"loss became nan at epoch 1, steps 1-4; the run stopped and no epoch"):
+        run(recipe, out=str(tmp_path / "runs"))
+
+
 def test_early_stopping_stops_after_patience(tmp_path, synth):
     recipe = load_recipe(write_recipe(tmp_path, synth, epochs=10), [
         "optim.lr=1.0e-12", "schedule.name=none", "train.early_stopping={metric: f1_macro, patience: 2}"],

@@ -82,7 +82,8 @@ def check_builds(s: Subject) -> str | None:
 
 
 def check_param_groups(s: Subject, module: nn.Module) -> None:
-    """An optional ``param_groups(lr, weight_decay)`` must hold each trainable parameter exactly once."""
+    """An optional ``param_groups(lr, weight_decay, layer_decay=None)`` (the contract of ``fer_core.optim``)
+    must hold each trainable parameter exactly once, in groups that carry their final ``lr``."""
     own = getattr(module, "param_groups", None)
     if not callable(own):
         return
@@ -93,6 +94,8 @@ def check_param_groups(s: Subject, module: nn.Module) -> None:
         if not isinstance(group, Mapping) or "params" not in group:
             s.fail(f"param_groups()[{i}] is not a dict with 'params'")
         label = group.get("name", i)
+        if "lr" not in group or "lr_scale" in group:
+            s.fail(f"param group {label} must carry its final 'lr' and no 'lr_scale' (the contract of fer_core.optim)")
         for param in group["params"]:
             name = names.get(id(param))
             if name is None:

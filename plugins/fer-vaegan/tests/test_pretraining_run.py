@@ -17,8 +17,8 @@ from fer_core.errors import CheckpointError, RecipeError
 from fer_core.generate import generate
 from fer_core.model import build_model
 from fer_core.plugins import get_registry, reset
-from fer_core.pretrain import run_pretrain
 from fer_core.recipe import load_recipe
+from fer_core.train import run as run_pretrain  # the one loop runs the pretraining task
 
 RECIPE = """
 name: tiny-vaegan

@@ -46,19 +46,18 @@ import torch
 from torch import nn
 from timm import create_model, is_model, list_models
 from timm.layers import Mlp, resample_abs_pos_embed
-from timm.models import group_parameters, load_checkpoint
+from timm.models import load_checkpoint
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from fer_core.errors import CheckpointError, FerError
 from fer_core.registry import suggest
-from fer_latentvit.latent_vit import LatentTokenizer
+from fer_latentvit.latent_vit import LatentTokenizer, LatentTransformer, check_latent_args
 
 __all__ = [
     "Adapter", "MlpWithAdapter", "HybridViT", "latent_pos_embed", "create_vit", "build_hybrid_vit",
 ]
 
 STRATEGIES = ("full", "adapter", "linear_probe", "partial")
-POOLS = ("cls", "mean")
 PARTS = ("blocks", "pos", "proj")  # parameter roles with their own lr multiplier
 MODEL_SIZES = {
     "tiny": "vit_tiny_patch16_224",
@@ -110,7 +109,7 @@ def _eval_frozen(module: nn.Module) -> None:
             _eval_frozen(child)
 
 
-class HybridViT(nn.Module):
+class HybridViT(LatentTransformer):
     """A timm VisionTransformer's CLS token, position embedding and blocks over latent tokens.
 
     Built from an (optionally pretrained) ``VisionTransformer``: its blocks, norms and
@@ -118,7 +117,7 @@ class HybridViT(nn.Module):
     sequence, its patch embedding and classifier are dropped.
     """
 
-    input_kind = "latent"
+    group_order = PARTS  # the transformer's groups first: fer-core logs group 0's lr
 
     def __init__(
         self,
@@ -132,26 +131,18 @@ class HybridViT(nn.Module):
         lr_mult_blocks: float = 1.0,
         pool: str = "cls",
     ):
-        super().__init__()
         num_tokens, latent_dim = latent_shape
-        self.latent_shape = (int(num_tokens), int(latent_dim))
+        has_cls = vit.cls_token is not None
+        tokenizer = LatentTokenizer(int(num_tokens), int(latent_dim), vit.embed_dim, class_token=has_cls)
+        with torch.no_grad():
+            tokenizer.pos_embed.copy_(latent_pos_embed(vit, int(num_tokens)))
+            if has_cls:
+                tokenizer.cls_token.copy_(vit.cls_token)
+        super().__init__(tokenizer, vit.blocks, vit.norm, pool, pos_drop=vit.pos_drop, norm_pre=vit.norm_pre,
+                         fc_norm=vit.fc_norm)
         self.strategy = strategy
         self.freeze_blocks = freeze_blocks
-        self.pool = pool
         self.lr_mults = {"proj": lr_mult_proj, "pos": lr_mult_pos, "blocks": lr_mult_blocks}
-        self.num_features = self.embed_dim = vit.embed_dim
-        has_cls = vit.cls_token is not None
-
-        self.tokenizer = LatentTokenizer(num_tokens, latent_dim, vit.embed_dim, class_token=has_cls)
-        with torch.no_grad():
-            self.tokenizer.pos_embed.copy_(latent_pos_embed(vit, num_tokens))
-            if has_cls:
-                self.tokenizer.cls_token.copy_(vit.cls_token)
-        self.pos_drop = vit.pos_drop
-        self.norm_pre = vit.norm_pre
-        self.blocks = vit.blocks
-        self.norm = vit.norm
-        self.fc_norm = vit.fc_norm
         if strategy == "adapter":
             for block in self.blocks:
                 block.mlp = MlpWithAdapter(block.mlp, vit.embed_dim, adapter_dim)
@@ -181,16 +172,7 @@ class HybridViT(nn.Module):
         params = list(self.parameters())
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
-    # --- optimiser support (timm conventions) ---
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"tokenizer.pos_embed", "tokenizer.cls_token"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        """Layer ids for layer decay: tokenizer 0, blocks 1..depth, final norms depth + 1."""
-        return dict(stem=r"^tokenizer|^norm_pre", blocks=r"^blocks\.(\d+)", norm=r"^norm\.|^fc_norm\.")
+    # --- optimiser support: per-part multipliers on top of LatentTransformer's timm groups ---
 
     def _part(self, name: str) -> str:
         if name.startswith(("tokenizer.proj.", "tokenizer.input_norm.")):
@@ -199,54 +181,17 @@ class HybridViT(nn.Module):
             return "pos"
         return "blocks"
 
-    def param_groups(self, lr: float, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
-        """Optimiser groups of the trainable parameters, each with its final ``lr``.
+    def own_lr(self, layer_decay: float | None):
+        """Without ``layer_decay``: input projection ``lr * lr_mult_proj``, position embedding and CLS token
+        ``lr * lr_mult_pos``, everything in the transformer (blocks, adapters, norms) ``lr * lr_mult_blocks``.
+        With it, the pretrained layers follow timm's layer decay instead (pos/CLS are layer 0, the final
+        norm depth + 1) and only the new input projection keeps ``lr * lr_mult_proj``."""
 
-        Without ``layer_decay``: input projection ``lr * lr_mult_proj``, position
-        embedding and CLS token ``lr * lr_mult_pos``, everything in the transformer
-        (blocks, adapters, norms) ``lr * lr_mult_blocks``. With ``layer_decay``, the
-        pretrained layers follow timm's layer decay instead (layer id i gets
-        ``lr * layer_decay ** (depth + 1 - i)``; pos/CLS are layer 0, the final norm
-        depth + 1) and the new input projection keeps ``lr * lr_mult_proj``.
-        No weight decay on norms, biases, the position embedding and the CLS token.
-        """
-        no_decay = self.no_weight_decay()
-        depth = len(self.blocks)
-        layer_ids = group_parameters(self, self.group_matcher(), reverse=True) if layer_decay is not None else {}
-        groups: dict[str, dict] = {}
-        order: dict[str, int] = {}  # the transformer's top group first: fer-core logs group 0's lr
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
+        def own(name: str) -> tuple[str, float] | None:
             part = self._part(name)
-            if layer_decay is None or part == "proj":
-                key, scale, rank = part, self.lr_mults[part], -PARTS.index(part)
-            else:
-                layer_id = layer_ids[name]
-                key, scale, rank = f"layer_{layer_id}", layer_decay ** (depth + 1 - layer_id), layer_id
-            decay = not (param.ndim <= 1 or name.endswith(".bias") or name in no_decay)
-            key = f"{key}_{'decay' if decay else 'no_decay'}"
-            group = groups.setdefault(key, {
-                "name": key, "params": [], "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0,
-            })
-            group["params"].append(param)
-            order[key] = rank
-        return sorted(groups.values(), key=lambda group: -order[group["name"]])
+            return (part, self.lr_mults[part]) if layer_decay is None or part == "proj" else None
 
-    # --- forward ---
-
-    def forward_features(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents [B, T, D] -> normed tokens [B, P + T, E] (as timm's ViT after its patch embedding)."""
-        x = self.pos_drop(self.tokenizer(latents))
-        x = self.norm_pre(x)
-        x = self.blocks(x)
-        return self.norm(x)
-
-    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fc_norm(self.tokenizer.pool(tokens, self.pool))
-
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(latents))
+        return own
 
 
 # --- checkpoint conversion: ViT -> latent tokens ---
@@ -330,12 +275,9 @@ def build_hybrid_vit(
     (vit_{tiny,small,base}_patch16_224). ``pretrained_file`` loads a local weights file
     (and implies pretrained); ``pretrained: true`` alone downloads through timm.
     """
-    if latent_shape is None:
-        raise FerError("hybrid_vit needs a latent encoder (psp, e4e, vaegan...); model.encoder is 'identity'")
+    check_latent_args("hybrid_vit", latent_shape, pool)
     if strategy not in STRATEGIES:
         raise FerError(f"hybrid_vit strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
-    if pool not in POOLS:
-        raise FerError(f"hybrid_vit pool must be one of {', '.join(POOLS)}; got {pool!r}")
     if model is None and model_size not in MODEL_SIZES:
         raise FerError(f"hybrid_vit model_size must be one of {', '.join(MODEL_SIZES)} "
                        f"(or set model to a timm ViT name); got {model_size!r}")

@@ -29,11 +29,11 @@ from torch import nn
 from timm.layers import calculate_drop_path_rates, trunc_normal_
 from timm.models import group_parameters, named_apply
 from timm.models.vision_transformer import Block, init_weights_vit_timm
-from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
 from fer_core.errors import FerError
+from fer_core.optim import OwnLr, timm_param_groups
 
-__all__ = ["LatentTokenizer", "LatentViT", "build_latent_vit"]
+__all__ = ["LatentTokenizer", "LatentTransformer", "LatentViT", "build_latent_vit", "check_latent_args"]
 
 POOLS = ("cls", "mean")
 
@@ -85,10 +85,74 @@ class LatentTokenizer(nn.Module):
         return tokens[:, self.num_prefix_tokens:].mean(dim=1)
 
 
-class LatentViT(nn.Module):
-    """Pre-norm transformer over latent tokens; features are the CLS output (or the token mean)."""
+class LatentTransformer(nn.Module):
+    """What LatentViT and HybridViT share: a LatentTokenizer, timm ViT blocks, final norms, pooling,
+    and timm's optimiser conventions (``no_weight_decay``, ``group_matcher``, ``param_groups``).
+
+    Reused by fer-hybridvit (``from fer_latentvit.latent_vit import LatentTransformer``).
+    """
 
     input_kind = "latent"
+
+    def __init__(self, tokenizer: LatentTokenizer, blocks: nn.Sequential, norm: nn.Module, pool: str = "cls",
+                 pos_drop: nn.Module | None = None, norm_pre: nn.Module | None = None,
+                 fc_norm: nn.Module | None = None):
+        super().__init__()
+        self.latent_shape = (tokenizer.num_tokens, tokenizer.latent_dim)
+        self.pool = pool
+        self.num_features = self.embed_dim = tokenizer.proj.out_features
+        self.tokenizer = tokenizer
+        self.pos_drop = pos_drop if pos_drop is not None else nn.Identity()
+        self.norm_pre = norm_pre if norm_pre is not None else nn.Identity()
+        self.blocks = blocks
+        self.norm = norm
+        self.fc_norm = fc_norm if fc_norm is not None else nn.Identity()
+
+    # --- optimiser support (timm conventions) ---
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"tokenizer.pos_embed", "tokenizer.cls_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer ids for layer-wise lr decay: tokenizer (and norm_pre) 0, blocks 1..depth, final norms depth + 1.
+
+        Unlike timm's ViT (whose final norm shares the last block's id), the norm is a layer of its own.
+        """
+        return dict(stem=r"^tokenizer|^norm_pre", blocks=r"^blocks\.(\d+)", norm=r"^norm\.|^fc_norm\.")
+
+    def own_lr(self, layer_decay: float | None) -> OwnLr | None:
+        """Parameters whose lr the model sets itself (see ``fer_core.optim.timm_param_groups``); none here."""
+        return None
+
+    group_order: tuple[str, ...] = ()
+
+    def param_groups(self, lr: float, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+        """Optimizer param groups (fer-core's contract, built with timm's helpers): no weight decay on norms,
+        biases, pos_embed and cls_token; with ``layer_decay`` the parameters of layer id i get
+        ``lr * layer_decay ** (depth + 1 - i)``."""
+        return timm_param_groups(self, lr, weight_decay, layer_decay, own_lr=self.own_lr(layer_decay),
+                                 order=self.group_order)
+
+    # --- forward ---
+
+    def forward_features(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, T, D] -> normed tokens [B, P + T, E] (as timm's ViT after its patch embedding)."""
+        x = self.pos_drop(self.tokenizer(latents))
+        x = self.norm_pre(x)
+        x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc_norm(self.tokenizer.pool(tokens, self.pool))
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(latents))
+
+
+class LatentViT(LatentTransformer):
+    """Pre-norm transformer over latent tokens; features are the CLS output (or the token mean)."""
 
     def __init__(
         self,
@@ -102,17 +166,11 @@ class LatentViT(nn.Module):
         drop_path_rate: float = 0.0,
         pool: str = "cls",
     ):
-        super().__init__()
         num_tokens, latent_dim = latent_shape
-        self.latent_shape = (int(num_tokens), int(latent_dim))
-        self.pool = pool
-        self.num_features = self.embed_dim = embed_dim
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
-
-        self.tokenizer = LatentTokenizer(num_tokens, latent_dim, embed_dim, class_token=pool == "cls")
-        self.pos_drop = nn.Dropout(drop_rate)
+        tokenizer = LatentTokenizer(int(num_tokens), int(latent_dim), embed_dim, class_token=pool == "cls")
         dpr = calculate_drop_path_rates(drop_path_rate, depth)  # stochastic depth grows linearly with depth
-        self.blocks = nn.Sequential(*[
+        blocks = nn.Sequential(*[
             Block(
                 dim=embed_dim,
                 num_heads=num_heads,
@@ -125,68 +183,26 @@ class LatentViT(nn.Module):
             )
             for i in range(depth)
         ])
-        self.norm = norm_layer(embed_dim)
+        super().__init__(tokenizer, blocks, norm_layer(embed_dim), pool, pos_drop=nn.Dropout(drop_rate))
         self.init_weights()
 
     def init_weights(self) -> None:
         # timm ViT init: trunc_normal_(std=.02) linears, zero biases, unit norms; the tokenizer inits itself
         named_apply(init_weights_vit_timm, self)
 
-    # --- optimiser support (timm conventions) ---
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"tokenizer.pos_embed", "tokenizer.cls_token"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        """Layer ids for layer-wise lr decay: tokenizer 0, blocks 1..depth, final norm depth + 1.
-
-        Unlike timm's ViT (whose final norm shares the last block's id), the norm is a layer of its own.
-        """
-        return dict(stem=r"^tokenizer", blocks=r"^blocks\.(\d+)", norm=r"^norm")
-
-    def param_groups(self, lr: float, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
-        """Optimizer param groups: no weight decay on norms, biases, pos_embed and cls_token; with
-        ``layer_decay`` the parameters of layer id i get ``lr * layer_decay ** (depth + 1 - i)``."""
-        no_decay = sorted(self.no_weight_decay())
-        if layer_decay is None:
-            groups = param_groups_weight_decay(self, weight_decay, no_weight_decay_list=no_decay)
-            for group in groups:
-                group["lr"] = lr
-                group["name"] = "decay" if group["weight_decay"] else "no_decay"
-            return groups
-        groups = param_groups_layer_decay(
-            self, weight_decay=weight_decay, no_weight_decay_list=no_decay, layer_decay=layer_decay
-        )
-        layer_ids = param_layer_ids(self)
-        names = {id(p): n for n, p in self.named_parameters()}
-        for group in groups:
-            # timm returns an lr_scale that timm's schedulers multiply in; fer-core groups carry the final lr
-            scale = group.pop("lr_scale")
-            layer_id = layer_ids[names[id(group["params"][0])]]
-            group["lr"] = lr * scale
-            group["name"] = f"layer_{layer_id}_{'decay' if group['weight_decay'] else 'no_decay'}"
-        return groups
-
-    # --- forward ---
-
-    def forward_features(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents [B, T, D] -> normed tokens [B, P + T, E]."""
-        x = self.pos_drop(self.tokenizer(latents))
-        x = self.blocks(x)
-        return self.norm(x)
-
-    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.tokenizer.pool(tokens, self.pool)
-
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(latents))
-
 
 def param_layer_ids(model: LatentViT) -> dict[str, int]:
     """Parameter name -> layer id (as used by timm's layer decay)."""
     return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+
+
+def check_latent_args(name: str, latent_shape: tuple[int, int] | None, pool: str) -> None:
+    """The factory checks every latent transformer shares (latent_vit, hybrid_vit)."""
+    if latent_shape is None:
+        raise FerError(f"{name} needs a latent encoder (one with a latent_shape); model.encoder is 'identity' "
+                       f"or passes images through")
+    if pool not in POOLS:
+        raise FerError(f"{name} pool must be one of {', '.join(POOLS)}; got {pool!r}")
 
 
 def build_latent_vit(
@@ -201,10 +217,7 @@ def build_latent_vit(
     pool: str = "cls",
 ) -> LatentViT:
     """Build a LatentViT for the encoder's latent shape (T, D), which the core passes in."""
-    if latent_shape is None:
-        raise FerError("latent_vit needs a latent encoder (psp, e4e, vaegan...); model.encoder is 'identity'")
-    if pool not in POOLS:
-        raise FerError(f"latent_vit pool must be one of {', '.join(POOLS)}; got {pool!r}")
+    check_latent_args("latent_vit", latent_shape, pool)
     if embed_dim % heads:
         raise FerError(f"latent_vit embed_dim ({embed_dim}) must be divisible by heads ({heads})")
     if depth < 1:

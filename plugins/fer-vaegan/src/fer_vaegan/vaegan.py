@@ -203,7 +203,7 @@ class VAEGAN(nn.Module):
 
     Besides ``forward`` it implements the pretraining protocol of ``fer_core.pretrain``
     (``configure_pretraining``, ``pretrain_step``, ``pretrain_eval``, ``pretrain_state``,
-    ``load_pretrain_state``, ``reconstruct``, ``decode``).
+    ``load_pretrain_state``, ``pretrain_parameters``, ``reconstruct``, ``decode``).
     """
 
     trainable: bool = True
@@ -293,8 +293,8 @@ class VAEGAN(nn.Module):
 
     def pretrain_step(self, images: torch.Tensor,
                       autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-                      ) -> dict[str, float]:
-        """One generator update, then one discriminator update; returns the losses (floats)."""
+                      ) -> dict[str, torch.Tensor]:
+        """One generator update, then one discriminator update; returns the losses (detached, on the device)."""
         gan, w = self._pretraining(), self.weights
         disc, scaler = gan.discriminator, gan.scaler
         x = self.preprocess(images).float()
@@ -325,15 +325,18 @@ class VAEGAN(nn.Module):
         scaler.step(gan.opt_d)
         scaler.update()
         losses = {"loss": g_loss, "adv": adv, **terms, "d_loss": d_loss, "d_real": d_real, "d_fake": d_fake}
-        return {name: value.item() for name, value in losses.items()}
+        return {name: value.detach() for name, value in losses.items()}
 
     @torch.no_grad()
-    def pretrain_eval(self, images: torch.Tensor) -> dict[str, float]:
+    def pretrain_eval(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Reconstruction through the mean (deterministic): L1, BCE and KL of one batch."""
         x = self.preprocess(images).float()
         mu, logvar = self.encoder(x * 2.0 - 1.0)
-        terms = self.reconstruction_terms(x, self.decoder(mu), mu, logvar)
-        return {name: value.item() for name, value in terms.items()}
+        return self.reconstruction_terms(x, self.decoder(mu), mu, logvar)
+
+    def pretrain_parameters(self) -> list[nn.Parameter]:
+        """The generator's and the discriminator's parameters (their gradients are averaged over processes)."""
+        return [*self.parameters(), *self._pretraining().discriminator.parameters()]
 
     def pretrain_state(self) -> dict[str, Any]:
         """Discriminator, optimisers and scaler as plain data (``torch.load(weights_only=True)``)."""
