@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 
+from fer_core.calibration import stored_temperature
 from fer_core.errors import CheckpointError
 from fer_core.model import FerModel, build_model, load_model_state
 from fer_core.plugins import get_registry
+from fer_core.providers import recorded
 from fer_core.runs import load_checkpoint, resolve_checkpoint
 
 
@@ -19,6 +21,7 @@ class Trained:
     recipe: dict
     classes: list[str]
     checkpoint: Path
+    temperature: float = 1.0  # fitted by `fer calibrate` for this checkpoint; logits / temperature are calibrated
 
 
 def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cpu",
@@ -31,6 +34,7 @@ def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cp
         raise CheckpointError(f"{path}: a pretraining run (task: pretrain) has no classifier; run `fer generate` on it, "
                               f"or train a classifier on its encoder (point model.encoder.checkpoint at this run)")
     torch.manual_seed(recipe["seed"])  # frozen random encoders are rebuilt identically
-    model = build_model(recipe, get_registry(), classes)
+    with recorded(state.get("versions")):  # a missing plugin is named with the version it recorded
+        model = build_model(recipe, get_registry(), classes)
     load_model_state(recipe, model, state["ema"] if use_ema and state.get("ema") else state["model"])
-    return Trained(model.to(device).eval(), recipe, classes, path)
+    return Trained(model.to(device).eval(), recipe, classes, path, stored_temperature(path))
