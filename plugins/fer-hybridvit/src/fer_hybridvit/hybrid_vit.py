@@ -7,8 +7,9 @@ the patch embedding is dropped, a new linear projection maps each latent row to 
 ViT's width, the pretrained position embedding is resampled from the patch grid
 (14 x 14 = 196 positions for a 224 px / 16 px ViT) to the 18 latent positions, the
 pretrained CLS token is kept, and the whole is fine-tuned (``full``), tuned through
-small bottleneck adapters (``adapter``), probed (``linear_probe``) or partially
-frozen (``partial``).
+small bottleneck adapters (``adapter``) or low-rank updates of the blocks' linear
+layers (``lora``, PEFT through ``fer_core.lora``), probed (``linear_probe``) or
+partially frozen (``partial``).
 
     w+ [B,18,512] ─Linear 512->E─> +CLS, +resampled pos ─pretrained ViT blocks─> norm ─CLS─> [B,E]
 
@@ -21,6 +22,8 @@ Papers:
         (Houlsby bottleneck adapters) - https://arxiv.org/abs/1902.00751
     AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition
         (adapters in ViT blocks, zero-initialised up-projection) - https://arxiv.org/abs/2205.13535
+    LoRA: Low-Rank Adaptation of Large Language Models
+        (the ``lora`` strategy) - https://arxiv.org/abs/2106.09685
     BEiT: BERT Pre-Training of Image Transformers
         (layer-wise learning-rate decay) - https://arxiv.org/abs/2106.08254
     Encoding in Style: a StyleGAN Encoder for Image-to-Image Translation
@@ -50,6 +53,7 @@ from timm.models import load_checkpoint
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from fer_core.errors import CheckpointError, FerError
+from fer_core.lora import add_lora, lora_settings
 from fer_core.registry import suggest
 from fer_latentvit.latent_vit import LatentTokenizer, LatentTransformer, check_latent_args
 
@@ -57,8 +61,9 @@ __all__ = [
     "Adapter", "MlpWithAdapter", "HybridViT", "latent_pos_embed", "create_vit", "build_hybrid_vit",
 ]
 
-STRATEGIES = ("full", "adapter", "linear_probe", "partial")
+STRATEGIES = ("full", "adapter", "linear_probe", "partial", "lora")
 PARTS = ("blocks", "pos", "proj")  # parameter roles with their own lr multiplier
+LORA_WHERE = "model.backbone.lora"  # where a recipe sets the lora strategy's settings, for error messages
 MODEL_SIZES = {
     "tiny": "vit_tiny_patch16_224",
     "small": "vit_small_patch16_224",
@@ -130,6 +135,7 @@ class HybridViT(LatentTransformer):
         lr_mult_pos: float = 5.0,
         lr_mult_blocks: float = 1.0,
         pool: str = "cls",
+        lora: dict | None = None,
     ):
         num_tokens, latent_dim = latent_shape
         has_cls = vit.cls_token is not None
@@ -146,6 +152,8 @@ class HybridViT(LatentTransformer):
         if strategy == "adapter":
             for block in self.blocks:
                 block.mlp = MlpWithAdapter(block.mlp, vit.embed_dim, adapter_dim)
+        if strategy == "lora":  # PEFT layers on the blocks' chosen linear layers (fer_core.lora's defaults)
+            add_lora(self.blocks, lora_settings(lora or {}, LORA_WHERE), LORA_WHERE)
         self._freeze()
 
     def _freeze(self) -> None:
@@ -156,6 +164,9 @@ class HybridViT(LatentTransformer):
         if self.strategy == "adapter":
             for block in self.blocks:
                 block.mlp.adapter.requires_grad_(True)
+        if self.strategy == "lora":
+            for name, param in self.blocks.named_parameters():
+                param.requires_grad_(".lora_" in name)
         if self.strategy == "partial":
             self.norm_pre.requires_grad_(False)
             for block in self.blocks[: self.freeze_blocks]:
@@ -260,7 +271,7 @@ def build_hybrid_vit(
     model: str | None = None,
     pretrained: bool = False,
     pretrained_file: str | None = None,
-    strategy: Literal["full", "adapter", "linear_probe", "partial"] = "full",
+    strategy: Literal["full", "adapter", "linear_probe", "partial", "lora"] = "full",
     adapter_dim: int = 64,
     freeze_blocks: int = 0,
     drop_path_rate: float = 0.0,
@@ -268,12 +279,15 @@ def build_hybrid_vit(
     lr_mult_pos: float = 5.0,
     lr_mult_blocks: float = 1.0,
     pool: Literal["cls", "mean"] = "cls",
+    lora: dict | None = None,
 ) -> HybridViT:
     """Build a HybridViT for the encoder's latent shape (T, D), which the core passes in.
 
     ``model`` (any timm ViT name, tags allowed) overrides ``model_size``
     (vit_{tiny,small,base}_patch16_224). ``pretrained_file`` loads a local weights file
     (and implies pretrained); ``pretrained: true`` alone downloads through timm.
+    ``lora`` ({rank, alpha, dropout, target_modules}, see ``fer_core.lora``) sets the
+    ``lora`` strategy's low-rank updates; unset, fer_core.lora's defaults apply.
     """
     check_latent_args("hybrid_vit", latent_shape, pool)
     if strategy not in STRATEGIES:
@@ -285,6 +299,9 @@ def build_hybrid_vit(
         raise FerError(f"hybrid_vit adapter_dim must be at least 1; got {adapter_dim}")
     if freeze_blocks and strategy != "partial":
         raise FerError(f"hybrid_vit freeze_blocks applies to strategy 'partial' only; got strategy {strategy!r}")
+    if lora is not None and strategy != "lora":
+        raise FerError(f"hybrid_vit lora applies to strategy 'lora' only; got strategy {strategy!r}")
+    lora_settings(lora or {}, LORA_WHERE)  # bad settings fail before the ViT is built
     if min(lr_mult_proj, lr_mult_pos, lr_mult_blocks) < 0:
         raise FerError("hybrid_vit lr_mult_proj, lr_mult_pos and lr_mult_blocks must not be negative")
 
@@ -312,4 +329,5 @@ def build_hybrid_vit(
         lr_mult_pos=lr_mult_pos,
         lr_mult_blocks=lr_mult_blocks,
         pool=pool,
+        lora=lora,
     )
