@@ -1,6 +1,8 @@
 """Tests for hybrid_vit: pretrained weight transfer, position-embedding resampling, adapters,
 strategies, parameter groups, learning, errors."""
 
+import importlib.util
+
 import timm
 import pytest
 import torch
@@ -256,8 +258,10 @@ def test_output_shape(small_file, latent_shape, pool):
     assert features.shape == (3, 64) and torch.isfinite(features).all()
 
 
-def test_full_strategy_learns_synthetic_latent_tokens(small_file):
-    """Three classes whose 'expression' rows (4-7) are shifted by a class prototype."""
+@pytest.mark.parametrize("strategy", ["full", pytest.param("lora", marks=pytest.mark.skipif(
+    importlib.util.find_spec("peft") is None, reason="LoRA needs PEFT: pip install 'fer-core[lora]'"))])
+def test_strategy_learns_synthetic_latent_tokens(small_file, strategy):
+    """Three classes whose 'expression' rows (4-7) are shifted by a class prototype (lora: blocks frozen)."""
     torch.manual_seed(0)
     shape, classes = (18, 32), 3
     prototypes = 1.5 * torch.randn(classes, 4, shape[1])
@@ -268,7 +272,7 @@ def test_full_strategy_learns_synthetic_latent_tokens(small_file):
         latents[:, 4:8] += prototypes[labels]
         return latents, labels
 
-    backbone = build_hybrid_vit(shape, model=SMALL, pretrained_file=small_file, strategy="full")
+    backbone = build_hybrid_vit(shape, model=SMALL, pretrained_file=small_file, strategy=strategy)
     model = FerModel(nn.Identity(), backbone, nn.Linear(backbone.num_features, classes), frozen={"encoder": True})
     optimizer = torch.optim.AdamW(model.param_groups(3e-4, 0.05))
     model.train()
@@ -283,7 +287,7 @@ def test_full_strategy_learns_synthetic_latent_tokens(small_file):
     latents, labels = batch(300)
     with torch.no_grad():
         accuracy = (model(latents, encoded=True)[0].argmax(1) == labels).float().mean().item()
-    print(f"\nsynthetic latent tokens, strategy full: accuracy {accuracy:.2f} (chance 0.33)")
+    print(f"\nsynthetic latent tokens, strategy {strategy}: accuracy {accuracy:.2f} (chance 0.33)")
     assert accuracy > 0.8, accuracy  # chance is 1/3
 
 
