@@ -36,3 +36,13 @@ def test_core_reports_an_identity_encoder(registry):
     context = {**CONTEXT, "latent_shape": None}
     with pytest.raises(FerError, match="model.encoder is 'identity'"):
         registry.build("backbone", {"name": "hybrid_vit"}, "model.backbone", context)
+
+
+def test_core_builds_the_lora_strategy_from_recipe_keys(registry):
+    pytest.importorskip("peft", reason="LoRA needs PEFT: pip install 'fer-core[lora]'")
+    spec = {"name": "hybrid_vit", "model": "test_vit", "strategy": "lora", "lora": {"rank": 2, "alpha": 4}}
+    registry.check_params("backbone", spec, "model.backbone")
+    backbone = registry.build("backbone", spec, "model.backbone", CONTEXT)
+    assert backbone.blocks[0].attn.qkv.r["default"] == 2
+    with pytest.raises(RecipeError, match=r"model\.backbone\.lora\.alpha: expected a number > 0"):
+        registry.build("backbone", {**spec, "lora": {"alpha": 0}}, "model.backbone", CONTEXT)
