@@ -38,6 +38,7 @@ def test_core_reports_an_identity_encoder(registry):
         registry.build("backbone", {"name": "hybrid_vit"}, "model.backbone", context)
 
 
+@pytest.mark.filterwarnings("ignore:hybrid_vit strategy:UserWarning")  # random test_vit weights
 def test_core_builds_the_lora_strategy_from_recipe_keys(registry):
     pytest.importorskip("peft", reason="LoRA needs PEFT: pip install 'fer-core[lora]'")
     spec = {"name": "hybrid_vit", "model": "test_vit", "strategy": "lora", "lora": {"rank": 2, "alpha": 4}}
