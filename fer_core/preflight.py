@@ -86,7 +86,7 @@ def _check_shard(root: Path, split: str, name: str, count: int) -> None:
     path = root / name
     if not path.is_file():
         raise DataError(f"{root}: shard {name} of split '{split}' is listed in {MANIFEST_NAME} but missing; "
-                        f"restore it or re-pack the data set (`fer data info {root}` lists what is missing)")
+                        f"restore it or re-pack the data set (`fer data info` on it lists what is missing)")
     size, least = path.stat().st_size, TAR_BLOCK * (2 * count + 2)  # >= 1 member of 2 blocks per sample + end
     if size < least:
         raise DataError(f"{root}: shard {name} of split '{split}' is {size} bytes, too small for its {count} "

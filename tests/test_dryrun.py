@@ -57,6 +57,7 @@ BAD_IMPL = """
             return torch.zeros(images.shape[0], 4, 9)
 
     class HogCnn(nn.Module):
+        input_kind = "image"
         num_features = 65
         def __init__(self, image_size: int = 24, in_chans: int = 3):
             super().__init__()

@@ -212,7 +212,7 @@ def test_a_shard_missing_on_disk_fails_in_one_line_and_leaves_no_run_directory(d
     (root / "train-000001.tar").unlink()
     path, out = recipe(tmp_path, root), tmp_path / "runs"
     expected = (f"{root}: shard train-000001.tar of split 'train' is listed in dataset.json but missing; restore "
-                f"it or re-pack the data set (`fer data info {root}` lists what is missing)")
+                f"it or re-pack the data set (`fer data info` on it lists what is missing)")
     assert error_of(fer("run", path, "--out", out)) == expected
     assert error_of(fer("recipe", "check", path)) == expected
     assert not out.exists()
@@ -341,7 +341,8 @@ def test_info_shows_the_run_name_and_the_files_basename_only(tmp_path):
     checkpoint = tmp_path / "runs" / "quickstart" / "20260101-120000" / "checkpoints" / "best.pt"
     checkpoint.parent.mkdir(parents=True)
     save_checkpoint(checkpoint, {"x": torch.zeros(1)})
-    predictor = SimpleNamespace(name="quickstart", classes=["a"], format="pytorch", image_size=24, channels=3)
+    predictor = SimpleNamespace(name="quickstart", classes=["a"], format="pytorch", image_size=24, channels=3,
+                                temperature=1.0)
     info = _info(predictor, checkpoint, parameters=1)
     assert info["file"] == "best.pt" and info["run"] == "20260101-120000" and info["name"] == "quickstart"
     assert str(tmp_path) not in json.dumps(info)

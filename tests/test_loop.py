@@ -26,6 +26,7 @@ from fer_core.runs import CHECKPOINT_KEYS
 from fer_core.train import run
 
 sys.path.insert(0, str(Path(__file__).parent))
+from data_fixtures import pack_colour_set  # noqa: E402
 from serve_fixtures import RECIPE as CLASSIFY  # noqa: E402  (the tiny resnet10t recipe of these tests)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -208,10 +209,11 @@ def test_early_stopping_mode_min_on_accuracy_stops_when_accuracy_stops_falling(t
     assert state["counters"]["best_epoch"] == 2  # best.pt still follows eval.metric (accuracy, higher is better)
 
 
-def test_ema_warmup_scores_the_recent_weights_of_a_short_run(tmp_path, synth):
+def test_ema_warmup_scores_the_recent_weights_of_a_short_run(tmp_path):
+    colours = pack_colour_set(tmp_path / "colours", {"train": 60, "val": 20})  # learnt within these 2 epochs
     accuracy = {}
     for warmup in (False, True):
-        recipe = classify_recipe(tmp_path, synth, 2, ["train.ema=true", f"train.ema_warmup={str(warmup).lower()}"])
+        recipe = classify_recipe(tmp_path, colours, 2, ["train.ema=true", f"train.ema_warmup={str(warmup).lower()}"])
         run_dir = run(recipe, out=str(tmp_path / f"runs-{warmup}"))
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["scored_weights"] == "ema" and summary["ema"] == {"decay": 0.999, "warmup": warmup}
@@ -219,10 +221,11 @@ def test_ema_warmup_scores_the_recent_weights_of_a_short_run(tmp_path, synth):
         state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
         drift = max((state["ema"][k].float() - state["model"][k].float()).abs().max().item()
                     for k in state["model"] if state["model"][k].is_floating_point())
-        accuracy[warmup] = (epochs_of(run_dir)[-1]["val_accuracy"], drift)
-    # 20 updates at decay 0.999 leave the EMA at the initial weights; the warm-up follows the training
+        accuracy[warmup] = (epochs_of(run_dir)[-1]["val_loss"], drift)
+    # a few updates at decay 0.999 leave the EMA at the initial weights; the warm-up follows the training,
+    # so the scored weights are the trained ones: far lower validation loss on this quickly learnt set
     assert accuracy[True][1] < 0.5 * accuracy[False][1], accuracy
-    assert accuracy[True][0] > accuracy[False][0] + 0.1, accuracy
+    assert accuracy[True][0] < 0.5 * accuracy[False][0], accuracy
 
 
 def test_fer_eval_uses_the_recipes_tta_unless_told(tmp_path, synth):
@@ -245,7 +248,7 @@ def test_fer_eval_uses_the_recipes_tta_unless_told(tmp_path, synth):
     table = doc[doc.index("<!-- run-dir -->"):doc.index("<!-- /run-dir -->")].splitlines()[3:-1]
     for line in table:
         name, writer = (cell.strip() for cell in line.strip("|").split("|"))
-        if not writer.startswith("pretraining"):
+        if writer.startswith(("the loop", "classification")):  # not pretraining's, nor other commands' files
             assert (run_dir / name.strip("`")).exists(), name
 
 

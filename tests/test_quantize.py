@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ from fer_core.inference import load_trained  # noqa: E402
 from fer_core.predictor import OnnxPredictor, load_predictor, predict_files  # noqa: E402
 from fer_core.quantize import choose_mode, labelled_batches, quantize_int8  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from data_fixtures import COLOURS, pack_colour_set  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-COLOURS = {"happiness": (200, 70, 70), "sadness": (70, 70, 200), "neutral": (70, 190, 70)}
 RECIPE = """
 name: int8-colours
 seed: 3
@@ -40,22 +43,13 @@ def run_dir(tmp_path_factory) -> Path:
     """A confident classifier: three classes told apart by their noisy colour (trains in a few seconds)."""
     from rich.console import Console
 
-    from fer_core.data.pack import pack_dataset
     from fer_core.plugins import get_registry
     from fer_core.recipe import load_recipe
     from fer_core.train import run
 
     base = tmp_path_factory.mktemp("int8")
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        for split, count in (("train", 80), ("test", 40)):
-            folder = base / "src" / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(np.array(colour) + rng.normal(0, 70, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    pack_dataset(base / "src", base / "data", "imagefolder", progress=False)
-    (base / "recipe.yaml").write_text(RECIPE.format(root=base / "data"))
+    root = pack_colour_set(base, {"train": 80, "test": 40})
+    (base / "recipe.yaml").write_text(RECIPE.format(root=root))
     recipe = load_recipe(base / "recipe.yaml", registry=get_registry())
     return run(recipe, out=str(base / "runs"), console=Console(file=io.StringIO()))
 

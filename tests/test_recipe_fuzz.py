@@ -25,7 +25,7 @@ from fer_core.constraints import OneOf, Range
 from fer_core.schema import MISSING, SCHEMA, Key, Section, rule_at
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+RECIPES = sorted((ROOT / "fer_core" / "recipes").glob("*.yaml"))
 VALUES: list[Any] = [0, 1, 2, 7, -1, -3, 0.5, 3.5, 1e-4, -1e308, 1e308, float("nan"), float("inf"), 2**80, "", "x",
                      "flip", "loss", None, True, False, [], {}, [0.9], [1, 2], [0.9, 1.5], {"name": "nope"},
                      {"name": "linear"}, "a" * 400, [[1] * 40] * 40, "../../etc", "cuda:99"]
@@ -119,7 +119,7 @@ def test_mutated_shipped_recipes_are_accepted_or_refused_in_one_line(tmp_path):
 
 
 def quickstart_on(tiny: Path) -> dict:
-    recipe = load_chain(ROOT / "recipes" / "quickstart.yaml")
+    recipe = load_chain(ROOT / "fer_core" / "recipes" / "quickstart.yaml")
     recipe["data"] = {**recipe["data"], "root": str(tiny), "image_size": 24, "num_workers": 0}
     del recipe["data"]["synth"]
     recipe["train"] = {**recipe["train"], "epochs": 1}
