@@ -85,6 +85,23 @@ def test_the_skin_tone_band_sets_the_skin_colour():
     assert min(sum(p.skin) for p in light) > max(sum(p.skin) for p in dark)
 
 
+def test_expression_lines_and_lips_are_as_dark_against_dark_skin_as_against_light_skin():
+    def person(band_shares, seed):
+        rng = np.random.default_rng(seed)
+        (traits,) = rng.spawn(1)
+        return synth.sample_identity(rng, traits, band_shares)
+
+    for shares in ((1, 0, 0), (0, 0, 1)):
+        for seed in range(20):
+            p = person(shares, seed)
+            skin = synth._luma(p.skin)
+            assert skin - synth._luma(p.lips) == pytest.approx(synth.LIP_CONTRAST)
+            crease = skin - synth._luma(synth._ink(p.skin, 0.7))  # a strong frown line
+            assert min(0.3 * synth.INK_REFERENCE, skin) - 1.5 <= crease <= 0.3 * synth.INK_REFERENCE + 1
+            if shares[2]:  # the old 30 % of the skin's luminance would be far fainter on dark skin
+                assert crease > 0.3 * skin + 10
+
+
 def test_synthetic_sets_store_attributes_per_sample_and_in_the_manifest(tmp_path):
     root = make_synth_dataset(tmp_path / "synth", n=70, size=16, seed=1, progress=False, shard_size=20,
                               rare_skin_tone="light", rare_share=0.0)
