@@ -310,7 +310,7 @@ def _shade(colour: Colour, factor: float) -> RGB:
 _LUMA = np.array((0.299, 0.587, 0.114))  # Rec. 601 luminance weights
 INK_REFERENCE = 180.0  # grey levels: a darkening factor f takes away (1 - f) * this much luminance
 LIP_CONTRAST = 40.0  # grey levels the lips sit below the skin
-BROW_CONTRAST = 60.0  # brows sit at least this far below the skin
+BROW_CONTRAST = 60.0  # grey levels the brows sit below the skin
 
 
 def _luma(colour: Colour) -> float:
@@ -489,9 +489,7 @@ def draw_folds(sketch: Sketch, person: Identity, ex: Expression) -> None:
 
 def draw_brows(sketch: Sketch, person: Identity, ex: Expression) -> None:
     """Tapered brows, thick at the inner end; height, inner-end lift, arch and squeeze from the expression."""
-    colour = _shade(person.hair, 0.6) if sum(person.hair) > 180 else _rgb(person.hair)  # light hair, darker brows
-    if _luma(colour) > _luma(person.skin) - BROW_CONTRAST:  # hair about as dark as the skin: darker brows
-        colour = _rgb(_at_luma(colour, _luma(person.skin) - BROW_CONTRAST).tolist())
+    colour = _rgb(_at_luma(person.hair, _luma(person.skin) - BROW_CONTRAST).tolist())  # the hair's hue
     base_y = person.eye_y - person.brow_gap - ex.brow_raise
     inner_x = max(0.07, person.eye_x - person.eye_width - 0.02 - ex.brow_squeeze)
     outer_x = person.eye_x + person.eye_width + 0.06
