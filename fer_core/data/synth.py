@@ -31,8 +31,8 @@ bar, blob). ``skin_shares`` draws the skin tone bands with other shares than the
 the skin tone band come from a generator spawned from the sample's, so the rest of a face
 is the same whatever they are. What shows the expression (creases, lids, nose lines, lips,
 brows) is drawn a fixed number of grey levels darker than the skin, not a fraction of its
-colour, so it is about as visible on dark skin as on light skin: a model trained on a set
-with balanced skin tones reads the three bands about equally well.
+colour, so it is about as visible on dark skin as on light skin (as far as the darkest
+skin, about 55 grey levels, leaves room; see benchmarks/fairness_synth.py for the measured gap).
 
 Face coordinates: the origin sits between the eyes and nose, one unit is the
 half-width of the face, x grows to the face's left (image right) and y downwards.
