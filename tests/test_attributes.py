@@ -73,16 +73,29 @@ def test_a_rare_skin_tone_is_rare_and_the_rest_of_the_face_stays():
         synth.rare_skin_shares("purple")
 
 
-def test_the_skin_tone_band_sets_the_skin_colour():
-    def skin(band_shares, seed):
-        rng = np.random.default_rng(seed)
-        (traits,) = rng.spawn(1)
-        return synth.sample_identity(rng, traits, band_shares)
+def _person(band_shares, seed):
+    rng = np.random.default_rng(seed)
+    (traits,) = rng.spawn(1)
+    return synth.sample_identity(rng, traits, band_shares)
 
-    light = [skin((1, 0, 0), s) for s in range(30)]
-    dark = [skin((0, 0, 1), s) for s in range(30)]
+
+def test_the_skin_tone_band_sets_the_skin_colour():
+    light = [_person((1, 0, 0), s) for s in range(30)]
+    dark = [_person((0, 0, 1), s) for s in range(30)]
     assert {p.skin_tone for p in light} == {"light"} and {p.skin_tone for p in dark} == {"dark"}
     assert min(sum(p.skin) for p in light) > max(sum(p.skin) for p in dark)
+
+
+def test_expression_lines_and_lips_are_as_dark_against_dark_skin_as_against_light_skin():
+    for shares in ((1, 0, 0), (0, 0, 1)):
+        for seed in range(20):
+            p = _person(shares, seed)
+            skin = synth._luma(p.skin)
+            assert skin - synth._luma(p.lips) == pytest.approx(synth.LIP_CONTRAST)
+            crease = skin - synth._luma(synth._ink(p.skin, 0.7))  # a strong frown line
+            assert min(0.3 * synth.INK_REFERENCE, skin) - 1.5 <= crease <= 0.3 * synth.INK_REFERENCE + 1
+            if shares[2]:  # the old 30 % of the skin's luminance would be far fainter on dark skin
+                assert crease > 0.3 * skin + 10
 
 
 def test_synthetic_sets_store_attributes_per_sample_and_in_the_manifest(tmp_path):

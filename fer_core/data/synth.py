@@ -29,7 +29,10 @@ within 11 degrees, else turned; and the yaw, pitch and roll in degrees) and occl
 bar, blob). ``skin_shares`` draws the skin tone bands with other shares than the default
 (equal) ones, so that a set can under-represent one of them on purpose. The age band and
 the skin tone band come from a generator spawned from the sample's, so the rest of a face
-is the same whatever they are.
+is the same whatever they are. What shows the expression (creases, lids, nose lines, lips,
+brows) is drawn a fixed number of grey levels darker than the skin, not a fraction of its
+colour, so it is about as visible on dark skin as on light skin (as far as the darkest
+skin, about 55 grey levels, leaves room; see benchmarks/fairness_synth.py for the measured gap).
 
 Face coordinates: the origin sits between the eyes and nose, one unit is the
 half-width of the face, x grows to the face's left (image right) and y downwards.
@@ -242,7 +245,7 @@ def sample_identity(rng: np.random.Generator, traits: np.random.Generator | None
         skin=tuple(skin.tolist()),
         hair=tuple(hair.tolist()),
         iris=tuple(_pick_colour(_IRIS_COLOURS, rng).tolist()),
-        lips=tuple((skin * (0.82, 0.55, 0.55) + (30, 0, 5)).tolist()),
+        lips=tuple(_at_luma(skin * (0.82, 0.55, 0.55) + (30, 0, 5), _luma(skin) - LIP_CONTRAST).tolist()),
         hair_style=int(rng.integers(0, 4)),
         skin_tone=SKIN_TONES[min(int(position / _BAND_WIDTH), len(SKIN_TONES) - 1)],
         age_band=AGE_BANDS[int(older)],
@@ -299,6 +302,29 @@ def _rgb(colour: Colour) -> RGB:
 
 def _shade(colour: Colour, factor: float) -> RGB:
     return _rgb([v * factor for v in colour])
+
+
+# Expression lines, shadows, lips and brows are drawn a fixed number of grey levels darker than
+# the skin rather than a fraction of it, so they show as clearly on dark skin as on light skin
+# (as far as the darkest skin, about 55 grey levels, leaves room for).
+_LUMA = np.array((0.299, 0.587, 0.114))  # Rec. 601 luminance weights
+INK_REFERENCE = 180.0  # grey levels: a darkening factor f takes away (1 - f) * this much luminance
+LIP_CONTRAST = 40.0  # grey levels the lips sit below the skin
+BROW_CONTRAST = 60.0  # grey levels the brows sit below the skin
+
+
+def _luma(colour: Colour) -> float:
+    return float(np.asarray(colour) @ _LUMA)
+
+
+def _at_luma(colour: Colour, luma: float) -> np.ndarray:
+    """``colour``'s hue at luminance ``luma`` (at least 0)."""
+    return np.asarray(colour) * max(luma, 0.0) / max(_luma(colour), 1e-6)
+
+
+def _ink(colour: Colour, factor: float) -> RGB:
+    """``colour`` darkened by (1 - ``factor``) * INK_REFERENCE grey levels, whatever its own luminance."""
+    return _rgb(_at_luma(colour, _luma(colour) - (1 - factor) * INK_REFERENCE).tolist())
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -434,7 +460,7 @@ def draw_folds(sketch: Sketch, person: Identity, ex: Expression) -> None:
     """Wrinkles and cheek shading, drawn darker the stronger the expression uses them."""
     def crease(points: np.ndarray, strength: float, width: float = 0.022) -> None:
         if strength > 0.2:
-            sketch.line(points, _shade(person.skin, 1 - 0.3 * min(strength, 1.0)), width)
+            sketch.line(points, _ink(person.skin, 1 - 0.3 * min(strength, 1.0)), width)
 
     brow_y = person.eye_y - person.brow_gap - ex.brow_raise
     for side in (-1, 1):
@@ -450,7 +476,7 @@ def draw_folds(sketch: Sketch, person: Identity, ex: Expression) -> None:
                           bow=-0.03, n=5), 0.3, width=0.015)
         if ex.cheek_raise > 0.3:
             cheek = _ellipse(side * (person.eye_x + 0.05), person.nose_y - 0.05, 0.2, 0.12, n=16)
-            sketch.fill(cheek, _rgb([v * f for v, f in zip(person.skin, (1.02, 0.9, 0.88))]))
+            sketch.fill(cheek, _rgb([v + d for v, d in zip(person.skin, (4, -22, -22))]))  # the same flush on any skin
     for k in range(3):
         y = person.eye_y - 0.04 + 0.055 * k
         crease(_curve(-0.1, y, 0.1, y, bow=0.02, n=5), ex.nose_wrinkle)
@@ -463,7 +489,7 @@ def draw_folds(sketch: Sketch, person: Identity, ex: Expression) -> None:
 
 def draw_brows(sketch: Sketch, person: Identity, ex: Expression) -> None:
     """Tapered brows, thick at the inner end; height, inner-end lift, arch and squeeze from the expression."""
-    colour = _shade(person.hair, 0.6) if sum(person.hair) > 180 else _rgb(person.hair)  # light hair, darker brows
+    colour = _rgb(_at_luma(person.hair, _luma(person.skin) - BROW_CONTRAST).tolist())  # the hair's hue
     base_y = person.eye_y - person.brow_gap - ex.brow_raise
     inner_x = max(0.07, person.eye_x - person.eye_width - 0.02 - ex.brow_squeeze)
     outer_x = person.eye_x + person.eye_width + 0.06
@@ -488,7 +514,7 @@ def draw_eyes(sketch: Sketch, person: Identity, ex: Expression) -> None:
         return cy - upper * shape - slant, cy + lower * shape - slant
 
     s = _span(15)
-    lash, lower_lid, crease = _shade(person.hair, 0.5), _shade(person.skin, 0.7), _shade(person.skin, 0.82)
+    lash, lower_lid, crease = _shade(person.hair, 0.5), _ink(person.skin, 0.7), _ink(person.skin, 0.82)
     for side in (-1, 1):
         cx, cy = side * person.eye_x, person.eye_y
         x = cx + s * width
@@ -509,10 +535,10 @@ def draw_nose(sketch: Sketch, person: Identity, ex: Expression) -> None:
     """Bridge, tip and nostrils; they stand out from the face, so they move more as the head turns."""
     y, w = person.nose_y - 0.03 * ex.nose_wrinkle, person.nose_width * (1 + 0.2 * ex.nose_wrinkle)
     bridge = np.stack([np.full(6, 0.06), np.linspace(-0.05, y - 0.06, 6)], axis=1)
-    sketch.line(bridge, _shade(person.skin, 0.85), 0.02, z=np.linspace(0.8, 1.1, 6))
-    sketch.line(_curve(-w, y, w, y, bow=-0.06, n=9), _shade(person.skin, 0.72), 0.03, z=1.0)
+    sketch.line(bridge, _ink(person.skin, 0.85), 0.02, z=np.linspace(0.8, 1.1, 6))
+    sketch.line(_curve(-w, y, w, y, bow=-0.06, n=9), _ink(person.skin, 0.72), 0.03, z=1.0)
     for side in (-1, 1):
-        sketch.fill(_ellipse(side * w * 0.5, y + 0.005, 0.04, 0.022, n=10), _shade(person.skin, 0.45), z=1.0)
+        sketch.fill(_ellipse(side * w * 0.5, y + 0.005, 0.04, 0.022, n=10), _ink(person.skin, 0.45), z=1.0)
 
 
 def draw_mouth(sketch: Sketch, person: Identity, ex: Expression, skew_side: int) -> None:
@@ -528,13 +554,13 @@ def draw_mouth(sketch: Sketch, person: Identity, ex: Expression, skew_side: int)
     lip = person.lip_thickness * (1 - 0.75 * ex.lip_press) * (1 - s**2) ** 0.5
     sketch.fill(_band(x, upper_inner - 0.8 * lip - 0.01, lower_inner + 1.1 * lip + 0.01), _rgb(person.lips))
     if (lower_inner - upper_inner).max() > 0.015:
-        sketch.fill(_band(x, upper_inner, lower_inner), (60, 18, 22))
+        sketch.fill(_band(x, upper_inner, lower_inner), (34, 8, 12))
         if ex.teeth > 0.15:
             gum = np.minimum(upper_inner + ex.teeth * 0.07 * bulge**0.3, lower_inner)
             inner = slice(2, -2)
             sketch.fill(_band(x[inner], upper_inner[inner], gum[inner]), (236, 232, 218))
     closed = ex.mouth_open < 0.01 and ex.lip_raise < 0.01
-    sketch.line(np.stack([x, middle if closed else upper_inner], axis=1), _shade(person.lips, 0.55), 0.02)
+    sketch.line(np.stack([x, middle if closed else upper_inner], axis=1), _ink(person.lips, 0.55), 0.02)
 
 
 # --- the scene -----------------------------------------------------------------------------
