@@ -51,7 +51,8 @@ def decode_array(data: bytes, size: int, channels: int) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
+    """In float64: near-equal logits keep their order, so a temperature never changes the label."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
 
@@ -87,7 +88,7 @@ class TorchPredictor:
 
         with torch.inference_mode():
             logits, _ = self.trained.model(torch.from_numpy(images).to(self.device))
-            return logits.float().div(self.temperature).softmax(dim=1).cpu().numpy()
+            return logits.double().div(self.temperature).softmax(dim=1).cpu().numpy()  # float64: see softmax
 
 
 class OnnxPredictor:
