@@ -172,7 +172,7 @@ def _check_component_shape(value: Any, where: str) -> None:
 
 def validate_semantics(recipe: Mapping[str, Any]) -> None:
     """Cross-key rules that the schema alone cannot say."""
-    data, train = recipe["data"], recipe["train"]
+    data = recipe["data"]
     if recipe["task"] == "classify" and "backbone" not in recipe["model"]:
         raise RecipeError("model.backbone: missing; a classification recipe needs a backbone")
     if recipe["task"] == "pretrain":
