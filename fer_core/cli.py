@@ -253,10 +253,13 @@ def eval_command(run_or_checkpoint, data_dir, split, tta, by, resamples, seed, m
         click.echo(json.dumps({**report, "tta": tta}, indent=2))
         return
     console.print(f"test-time augmentation: {tta or 'none'} ({origin})", highlight=False)
-    console.print(report_table(report))
-    console.print(f"expected calibration error: {report['ece']:.4f}"
-                  + (f" ({report['calibrated']['ece']:.4f} with temperature {trained.temperature:.3f})"
-                     if "calibrated" in report else ""), highlight=False)
+    if "confusion" in report:  # a model that classifies (valence/arousal-only models have no classes)
+        console.print(report_table(report))
+        console.print(f"expected calibration error: {report['ece']:.4f}"
+                      + (f" ({report['calibrated']['ece']:.4f} with temperature {trained.temperature:.3f})"
+                         if "calibrated" in report else ""), highlight=False)
+    if "affect" in report:
+        console.print(affect_table(report))
     for attribute, groups in report["groups"].items():
         console.print(group_table(attribute, groups))
     if out is not None:
