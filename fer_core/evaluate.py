@@ -117,7 +117,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
              f"- samples: {report['samples']}",
              f"- accuracy: {report['accuracy']:.4f}",
              f"- macro F1: {report['f1_macro']:.4f}",
-             f"- weighted F1: {report['f1_weighted']:.4f}", *_weights_line(report), *calibration_markdown(report), "",
+             f"- weighted F1: {report['f1_weighted']:.4f}", *weights_line(report), *calibration_markdown(report), "",
              "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for i, name in enumerate(classes):
         lines.append(f"| {name} | {per['precision'][i]:.3f} | {per['recall'][i]:.3f} | "
@@ -130,7 +130,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _weights_line(report: Mapping[str, Any]) -> list[str]:
+def weights_line(report: Mapping[str, Any]) -> list[str]:
     """Which weights were scored: the EMA of the weights (with its decay and warm-up) or the weights."""
     summary = report.get("summary") or {}
     if "scored_weights" not in summary:
