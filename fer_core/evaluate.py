@@ -69,9 +69,16 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, device
         torch.distributed.all_reduce(loss_sum)
         torch.distributed.all_reduce(count)
     model.train(was_training)
-    out: dict[str, Any] = {k: result[k].item() for k in ("accuracy", "f1_macro", "f1_weighted")}
+    out = classification_result(result)
     if loss_fn is not None:
         out["loss"] = (loss_sum / count.clamp_min(1)).item()
+    out["samples"] = int(count.item())
+    return out
+
+
+def classification_result(result: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The report's classification figures from ``metric_collection(...).compute()``."""
+    out: dict[str, Any] = {k: result[k].item() for k in ("accuracy", "f1_macro", "f1_weighted")}
     confusion = result["confusion"].long()
     out["per_class"] = {
         "precision": result["precision"].tolist(),
@@ -82,7 +89,6 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, device
     out["confusion"] = confusion.tolist()
     out["reliability"] = reliability_summary(result["reliability"])
     out["ece"] = out["reliability"]["ece"]
-    out["samples"] = int(count.item())
     return out
 
 

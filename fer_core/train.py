@@ -29,6 +29,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from timm.utils import ModelEmaV3
 
 from fer_core import __version__, distributed
+from fer_core.affect import AffectTask
 from fer_core.classify import ClassificationTask
 from fer_core.data.shards import read_manifest
 from fer_core.data.sources import ensure_data, make_loader, resolve_classes, source_roots
@@ -40,9 +41,10 @@ from fer_core.pretrain import PretrainTask
 from fer_core.recipe import dump
 from fer_core.runs import (CHECKPOINT_KEYS, MetricsLog, load_checkpoint, new_run_dir, rng_state,
                            save_epoch_checkpoints, set_rng_state, write_json, write_text)
-from fer_core.task import Batch, Setup, Task
+from fer_core.task import Batch, Setup, Task, to_device
 
-TASKS: dict[str, type[Task]] = {"classify": ClassificationTask, "pretrain": PretrainTask}
+TASKS: dict[str, type[Task]] = {"classify": ClassificationTask, "pretrain": PretrainTask,
+                                "affect": AffectTask, "expression+affect": AffectTask}
 
 
 class NonFiniteLoss(FerError):
@@ -198,8 +200,7 @@ def _run(recipe, out, resume, state, env, console):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
             for i, (inputs, targets, keys) in enumerate(train_loader):
-                batch = Batch(inputs.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True),
-                              keys)
+                batch = Batch(inputs.to(env.device, non_blocking=True), to_device(targets, env.device), keys)
                 if task.owns_optimisation:
                     outputs = task.train_step(net, batch, autocast)
                     stepped = True
