@@ -173,7 +173,8 @@ SCHEMA: dict[str, Any] = {
             "n": integer(2100, 10, BIG, "number of synthetic faces (70/15/15 train/val/test)"),
             "size": integer(48, 8, 1024, "their size in pixels"),
             "seed": integer(0, 0, 2**32 - 1, "the drawing's seed"),
-        }, "draw a synthetic data set into data.root when it is missing", optional=True),
+        }, "draw a synthetic data set into data.root when it is missing or was drawn by an older fer-core",
+            optional=True),
     }, "where the images come from and how they are read"),
     "model": Section({
         "encoder": Component("encoder", "images -> images or latent tokens; frozen by default",
