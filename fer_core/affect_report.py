@@ -58,6 +58,7 @@ def write_affect_report(run_dir: Path, name: str, result: Mapping[str, Any], cla
     (``points=True``) are drawn in va_scatter.png and left out of report.json.
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     points = result.get("va_points")
     report = {"recipe": name, "split": split, "classes": classes,
               **{k: v for k, v in result.items() if k != "va_points"}, **(extra or {})}

@@ -110,20 +110,25 @@ def _export_int8(trained, path, mode: str, calibration: int, split: str) -> None
     used = f"{sum(len(b) for b in batches)} training images" if batches else "no calibration"
     click.echo(f"wrote {int8} ({mode} INT8, {used})")
     rows = compare_models(trained, {"float32": path, "int8": int8}, split=split)
-    table = Table(title=f"float32 against INT8 ({split} split, onnxruntime on the CPU)")
-    # (row key, column, format): class columns for models that classify, CCC columns for valence/arousal
-    columns = [("file_mb", "file MB", "{:.2f}"), ("images_per_s_batch1", "img/s b1", "{:.0f}"),
-               ("images_per_s_batch32", "img/s b32", "{:.0f}"), ("accuracy", "accuracy", "{:.4f}"),
-               ("f1_macro", "macro F1", "{:.4f}"), ("agreement", "agrees", "{:.1%}"),
-               ("valence_ccc", "valence CCC", "{:.4f}"), ("arousal_ccc", "arousal CCC", "{:.4f}"),
-               ("va_max_difference", "max |Δva|", "{:.4f}")]
-    columns = [c for c in columns if c[0] in rows["float32"]]
-    table.add_column("model")
-    for _, title, _ in columns:
-        table.add_column(title, justify="right")
-    for name, row in rows.items():
-        table.add_row(name, *(pattern.format(row[key]) for key, _, pattern in columns))
-    Console().print(table)
+    # (row key, column, format): speed, then class scores for models that classify; valence/arousal in a second table
+    speed_and_classes = [("file_mb", "file MB", "{:.2f}"), ("images_per_s_batch1", "img/s b1", "{:.0f}"),
+                         ("images_per_s_batch32", "img/s b32", "{:.0f}"), ("accuracy", "accuracy", "{:.4f}"),
+                         ("f1_macro", "macro F1", "{:.4f}"), ("agreement", "agrees", "{:.1%}")]
+    affect = [("valence_ccc", "valence CCC", "{:.4f}"), ("arousal_ccc", "arousal CCC", "{:.4f}"),
+              ("ccc_mean", "CCC mean", "{:.4f}"), ("va_max_difference", "max |Δva| vs float32", "{:.4f}")]
+    titles = [f"float32 against INT8 ({split} split, onnxruntime on the CPU)",
+              f"valence and arousal, float32 against INT8 ({split} split)"]
+    for title, columns in zip(titles, (speed_and_classes, affect)):
+        columns = [c for c in columns if c[0] in rows["float32"]]
+        if not columns:
+            continue
+        table = Table(title=title)
+        table.add_column("model")
+        for _, name, _ in columns:
+            table.add_column(name, justify="right")
+        for name, row in rows.items():
+            table.add_row(name, *(pattern.format(row[key]) for key, _, pattern in columns))
+        Console().print(table)
     f, q = rows["float32"], rows["int8"]
     changes = []
     if "accuracy" in f:
