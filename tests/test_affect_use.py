@@ -63,12 +63,17 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
     base = tmp_path_factory.mktemp("affect-use")
     root = make_synth_dataset(base / "data", n=120, size=32, seed=2, progress=False, shard_size=40)
-    out = {}
-    for task, (head, metric) in TASKS.items():
-        name = task.replace("+", "-")
-        (base / f"{name}.yaml").write_text(RECIPE.format(name=name, task=task, root=root, head=head, metric=metric))
-        recipe = load_recipe(base / f"{name}.yaml", registry=get_registry())
-        out[task] = run(recipe, out=str(base / "runs"), console=Console(file=io.StringIO()))
+    out, threads = {}, torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the per-test one_thread
+    try:
+        for task, (head, metric) in TASKS.items():
+            name = task.replace("+", "-")
+            (base / f"{name}.yaml").write_text(RECIPE.format(name=name, task=task, root=root, head=head,
+                                                             metric=metric))
+            recipe = load_recipe(base / f"{name}.yaml", registry=get_registry())
+            out[task] = run(recipe, out=str(base / "runs"), console=Console(file=io.StringIO()))
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
