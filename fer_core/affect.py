@@ -20,11 +20,11 @@ from torch import nn
 
 from fer_core.affect_eval import evaluate_affect
 from fer_core.classify import ClassificationTask, measure_throughput
+from fer_core.evaluate import report_table
 from fer_core.errors import RecipeError
-from fer_core.evaluate import write_report
+from fer_core.affect_report import affect_table, write_affect_report
 from fer_core.model import count_parameters, installed
 from fer_core.outputs import TASK_OUTPUTS, layout, metric_mode, split
-from fer_core.runs import write_json
 from fer_core.task import Autocast, Batch
 
 
@@ -112,18 +112,10 @@ class AffectTask(ClassificationTask):
             "inference_input": "latents" if self.encoded else "images",
         })
         write_affect_report(run_dir, name, result, s.classes, split_name, {"summary": summary})
-        line = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k in ("accuracy", "valence_ccc", "arousal_ccc",
-                                                                            "ccc_mean", "rmse_mean"))
-        s.console.print(f"[bold]{name}[/] {split_name} split: {line}", highlight=False)
+        if "confusion" in result:
+            s.console.print(report_table({"recipe": name, "split": split_name, "classes": s.classes, **result}))
+        s.console.print(affect_table({"recipe": name, "split": split_name, **result}))
         s.console.print(f"run directory: {run_dir}  (report.md, summary.json, checkpoints/)", highlight=False)
-
-
-def write_affect_report(run_dir: Path, name: str, result: Mapping[str, Any], classes: list[str], split_name: str,
-                        extra: Mapping[str, Any]) -> None:
-    if "confusion" in result:
-        write_report(run_dir, name, result, classes, split_name, extra)
-    else:
-        write_json(run_dir / "report.json", {"recipe": name, "split": split_name, **result, **extra})
 
 
 def head_slices(recipe: Mapping[str, Any], head: nn.Module, needs: tuple[str, ...], registry) -> dict[str, int]:
