@@ -51,12 +51,12 @@ from fer_core.recipes import locate
 STAGES = {
     "read": ("workers", "reading shards (tar framing, sample dicts)"),
     "decode": ("workers", "decoding images (PNG/JPEG -> uint8)"),
-    "cache": ("workers", "decoded-image cache (fill and look-ups)"),
     "augment": ("workers", "sample augments"),
     "to_float": ("workers", "uint8 -> float conversion of samples"),
     "collate": ("workers", "collating samples into batches"),
     "stream": ("workers", "the rest of the stream: shard order, interleaving, shuffle buffer"),
     "first_batch": ("main", "first batch of each epoch (loader start-up)"),
+    "cache": ("main", "filling the decoded-image cache (once; its decoding in workers is under decoding)"),
     "wait": ("main", "waiting for the next batch (worker hand-over)"),
     "merge": ("main", "merging/splitting worker batches"),
     "deliver": ("main", "delivering batches (uint8 -> float [B,C,H,W])"),
@@ -213,7 +213,6 @@ def patched(timers: Timers, torch_profile: int):
     patch(L.EpochLoader, "__iter__", timers.wrap_generator("wait", L.EpochLoader.__iter__, first="first_batch"))
     if hasattr(L, "DecodedCache"):
         patch(L.DecodedCache, "fill", timers.wrap("cache", L.DecodedCache.fill))
-        patch(L.DecodedCache, "samples", timers.wrap_generator("cache", L.DecodedCache.samples))
     original_make_loader = train_module.make_loader
 
     def make_loader(*args, **kwargs):
