@@ -177,9 +177,10 @@ def run_timm(recipe: dict, folder: Path, classes: list[str], args) -> dict:
     val_set, test_set = (datasets.ImageFolder(str(folder / s), eval_tf) for s in ("val", "test"))
     workers = args.workers
     options = {"num_workers": workers, "persistent_workers": workers > 0}
+    drop_last = len(train_set) > train_cfg["batch_size"]  # as timm's train.py (but keep a tiny set's one batch)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=train_cfg["batch_size"], shuffle=True,
-                                               drop_last=True, generator=torch.Generator().manual_seed(recipe["seed"]),
-                                               **options)
+                                               drop_last=drop_last,
+                                               generator=torch.Generator().manual_seed(recipe["seed"]), **options)
     val_loader, test_loader = (torch.utils.data.DataLoader(s, batch_size=recipe["eval"]["batch_size"], **options)
                                for s in (val_set, test_set))
     optimizer, scheduler = timm_optimiser(model, recipe, len(train_loader), args.fused)

@@ -251,6 +251,7 @@ def _run(recipe, out, resume, state, env, console, run_started):
                                 counters["step"])
                     window = Window()
                 progress.update(bar, advance=1, rate=rate)
+            rate = seen * env.world / max(time.perf_counter() - started, 1e-9)  # after the epoch's last host sync
             _check_corrupt(train_loader, data_cfg, env)
             counters["train_time"] += time.perf_counter() - started
             scored = ema.module if ema is not None else model
@@ -295,7 +296,8 @@ def _run(recipe, out, resume, state, env, console, run_started):
             torch.distributed.broadcast(tensor, 0)
     test_split = "test" if "test" in open_split_names(data_cfg) else eval_split
     test_loader = make_loader(data_cfg, test_split, classes, eval_cfg["batch_size"], train=False,
-                              seed=recipe["seed"], rank=env.rank, world=env.world, **options)
+                              seed=recipe["seed"], rank=env.rank, world=env.world,
+                              **options).configure(**loader_settings(data_cfg, env.device) | {"cache_mb": 0})
     result = task.evaluate(model, test_loader, autocast, final=True)
     if not env.main:
         return None

@@ -4,6 +4,7 @@ exactly; the run summary's throughput fields; smoke runs of the speed benchmarks
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import sys
@@ -250,3 +251,45 @@ def test_compile_falls_back_to_eager_with_one_line_and_the_same_weights(tmp_path
     reference, compiled = weights(eager), weights(fallback)
     for key in reference:
         assert torch.equal(reference[key], compiled[key]), key
+
+
+# ---- the benchmarks, at tiny sizes ---------------------------------------------------------------------------
+
+def benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_run_accounts_for_the_steps_of_a_real_run(tmp_path):
+    result = benchmark("profile_run").main(["--n", "70", "--epochs", "1", "--workers", "0", "--cache", str(tmp_path),
+                                            "-s", "train.batch_size=16", "--json", str(tmp_path / "p.json")])
+    train = json.loads(next(tmp_path.glob("synth-70-*/dataset.json")).read_text())["splits"]["train"]["count"]
+    steps = -(-train // 16)
+    assert json.loads((tmp_path / "p.json").read_text())["steps"] == result["steps"] == steps
+    rows = {row["stage"]: row for row in result["rows"]}
+    for stage in ("forward", "backward", "optimizer", "decode", "evaluate", "checkpoint", "report", "loop"):
+        assert rows[stage]["seconds"] > 0, stage
+    assert rows["forward"]["calls"] == rows["backward"]["calls"] == steps and rows["decode"]["where"] == "main"
+    assert sum(row["seconds"] for row in result["rows"] if row["where"] != "thread") == pytest.approx(
+        result["wall_s"], rel=0.05)  # every second of the run is in one row
+    assert [r["seconds"] for r in result["rows"]] == sorted((r["seconds"] for r in result["rows"]), reverse=True)
+
+
+def test_timm_compare_runs_the_three_sides_on_the_same_images(tmp_path):
+    result = benchmark("timm_compare").main(["--n", "70", "--epochs", "1", "--workers", "0", "--cache", str(tmp_path)])
+    assert set(result["median"]) == {"fer", "timm", "limit"}
+    for side in result["median"].values():
+        assert side["images_per_s"] > 0 and 0 <= side["test_accuracy"] <= 1 and side["wall_s"] > 0
+    assert {"fer/timm images/s", "fer/limit images/s"} <= set(result["ratios"])
+    folder = next(tmp_path.glob("*-imagefolder"))
+    assert len(list((folder / "train").rglob("*.png"))) == result["train_samples"] > 0
+
+
+def test_gpu_benchmark_smoke_runs_on_a_cpu(tmp_path):
+    result = benchmark("gpu").main(["--device", "cpu", "--tiny", "--json", str(tmp_path / "g.json")])
+    assert [r["model"] for r in result["results"]] == ["resnet18", "vit_tiny_patch16_224"]
+    for r in result["results"]:
+        assert r["bare"]["images_per_s"] > 0 and r["fer"]["images_per_s"] > 0 and r["ratio"] > 0
+        assert r["bare"]["utilisation"] is None  # no GPU to sample
