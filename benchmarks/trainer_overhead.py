@@ -44,6 +44,9 @@ class InMemoryLoader:
         self.corrupt = []
         self.stream = type("S", (), {"total": sum(len(b[1]) for b in batches)})()
 
+    def configure(self, **options):  # as EpochLoader.configure: nothing to set here
+        return self
+
     def set_epoch(self, epoch):
         pass
 

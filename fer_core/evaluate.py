@@ -43,14 +43,17 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, device
              loss_fn: torch.nn.Module | None = None, outputs: list | None = None) -> dict[str, Any]:
     """Metrics of ``model`` over ``batches`` of (inputs, targets, keys); synced across DDP ranks.
 
-    Everything accumulates on the device; the host waits once, when the metrics are computed.
-    ``outputs``, when given, receives (logits, class ids, keys) of every batch, on the CPU.
+    Everything stays on the device: the logits and class ids of every batch are kept there and the
+    metrics updated once at the end (their updates read bincount sizes on the host: one wait for the
+    whole split instead of one per batch). ``outputs``, when given, receives (logits, class ids, keys)
+    of every batch, on the CPU.
     """
     was_training = model.training
     model.eval()
     metrics = metric_collection(num_classes).to(device)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     count = torch.zeros((), device=device, dtype=torch.float64)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, class ids) per batch, on the device
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext())
     for inputs, targets, keys in batches:
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -61,9 +64,11 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, device
         if loss_fn is not None:
             loss_sum += loss_fn(logits, targets).double() * len(hard)
         count += len(hard)
-        metrics.update(logits, hard)
+        seen.append((logits, hard))
         if outputs is not None:
             outputs.append((logits.cpu(), hard.cpu(), list(keys)))
+    if seen:
+        metrics.update(torch.cat([logits for logits, _ in seen]), torch.cat([hard for _, hard in seen]))
     result = metrics.compute()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(loss_sum)

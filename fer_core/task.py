@@ -38,13 +38,6 @@ class Batch:
     keys: list[str]  # sample keys (``__key__`` of the shards)
 
 
-def to_device(targets: torch.Tensor | dict[str, torch.Tensor], device: torch.device):
-    """Targets (a tensor, or a dict of them) on ``device``, copied without waiting."""
-    if isinstance(targets, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-    return targets.to(device, non_blocking=True)
-
-
 @dataclass
 class Setup:
     """What the loop hands a task when it is built."""

@@ -15,6 +15,7 @@ non-finite loss is caught.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import resource
@@ -41,7 +42,7 @@ from fer_core.pretrain import PretrainTask
 from fer_core.recipe import dump
 from fer_core.runs import (CHECKPOINT_KEYS, MetricsLog, load_checkpoint, new_run_dir, rng_state,
                            save_epoch_checkpoints, set_rng_state, write_json, write_text)
-from fer_core.task import Batch, Setup, Task, to_device
+from fer_core.task import Batch, Setup, Task
 
 TASKS: dict[str, type[Task]] = {"classify": ClassificationTask, "pretrain": PretrainTask,
                                 "affect": AffectTask, "expression+affect": AffectTask}
@@ -71,6 +72,7 @@ def run(recipe: dict[str, Any] | None, out: str | Path | None = None, resume: st
         console: Console | None = None) -> Path | None:
     """Train ``recipe`` (or continue the run ``resume``) with its task; returns the run directory (on rank 0)."""
     console = console or Console()
+    started = time.perf_counter()
     state = None
     if resume is not None:
         state = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
@@ -79,12 +81,12 @@ def run(recipe: dict[str, Any] | None, out: str | Path | None = None, resume: st
         raise FerError("fer run needs a RECIPE file (or --resume RUN_DIR)")
     env = distributed.setup(recipe["train"]["device"])
     try:
-        return _run(recipe, out, resume, state, env, console)
+        return _run(recipe, out, resume, state, env, console, started)
     finally:
         distributed.teardown(env)
 
 
-def _run(recipe, out, resume, state, env, console):
+def _run(recipe, out, resume, state, env, console, run_started):
     train_cfg, data_cfg, eval_cfg = recipe["train"], recipe["data"], recipe["eval"]
     # -- data -----------------------------------------------------------------
     if env.main:
@@ -99,13 +101,17 @@ def _run(recipe, out, resume, state, env, console):
     amp_dtype = autocast_dtype(train_cfg, env.device)
     task = TASKS[recipe["task"]](Setup(recipe, get_host().registry, classes, env, amp_dtype, console))
     model = task.build()
+    memory_format = torch.channels_last if train_cfg.get("channels_last") else None
+    if memory_format is not None:
+        model.to(memory_format=memory_format)
     options = task.loader_options()
     train_loader = make_loader(data_cfg, "train", classes, train_cfg["batch_size"] // env.world, train=True,
                                seed=recipe["seed"], augments=task.sample_augments, rank=env.rank, world=env.world,
-                               **options)
+                               **options).configure(**loader_settings(data_cfg, env.device))
     eval_split = "val" if "val" in open_split_names(data_cfg) else "test"
     val_loader = make_loader(data_cfg, eval_split, classes, eval_cfg["batch_size"], train=False,
-                             seed=recipe["seed"], rank=env.rank, world=env.world, **options)
+                             seed=recipe["seed"], rank=env.rank, world=env.world,
+                             **options).configure(**loader_settings(data_cfg, env.device))
     task.prepare(val_loader)
     accumulate = train_cfg["accumulate"]
     best_metric = task.best_metric()
@@ -126,6 +132,8 @@ def _run(recipe, out, resume, state, env, console):
         if env.distributed:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    if train_cfg.get("compile"):
+        net = compiled(net, model, task, console if env.main else None)
 
     # -- run directory and resume -------------------------------------------------
     counters = {"epoch": 0, "step": 0, "best": None, "best_epoch": 0, "stop_best": None, "bad_epochs": 0,
@@ -187,12 +195,15 @@ def _run(recipe, out, resume, state, env, console):
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total}"),
                         TextColumn(shown + " {task.fields[rate]:.0f} img/s"), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=console, disable=not env.main, transient=False)
+                        TimeRemainingColumn(), console=console, disable=not env.main, transient=False,
+                        refresh_per_second=2)  # each redraw takes milliseconds of CPU from the training
+    first_step = None
     with progress:
         for epoch in range(counters["epoch"], train_cfg["epochs"]):
             train_loader.set_epoch(epoch)
             net.train()
-            bar = progress.add_task("train", total=len(train_loader), epoch=epoch + 1, rate=0.0,
+            steps = len(train_loader)
+            bar = progress.add_task("train", total=steps, epoch=epoch + 1, rate=0.0,
                                     **{name: 0.0 for name in task.progress})
             started, seen, rate = time.perf_counter(), 0, 0.0
             window = Window()
@@ -200,16 +211,16 @@ def _run(recipe, out, resume, state, env, console):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
             for i, (inputs, targets, keys) in enumerate(train_loader):
-                batch = Batch(inputs.to(env.device, non_blocking=True), to_device(targets, env.device), keys)
+                batch = to_device(inputs, targets, keys, env.device, memory_format)
                 if task.owns_optimisation:
                     outputs = task.train_step(net, batch, autocast)
                     stepped = True
                 else:
-                    stepped = (i + 1) % accumulate == 0 or i + 1 == len(train_loader)
+                    stepped = (i + 1) % accumulate == 0 or i + 1 == steps
                     sync = contextlib.nullcontext() if stepped or not env.distributed else net.no_sync()
                     with sync:
                         outputs = task.train_step(net, batch, autocast)
-                        scaler.scale(outputs["loss"] / accumulate).backward()
+                        scaler.scale(outputs["loss"] / accumulate if accumulate > 1 else outputs["loss"]).backward()
                     if stepped:
                         if train_cfg["clip_grad"]:
                             scaler.unscale_(optimizer)
@@ -223,11 +234,15 @@ def _run(recipe, out, resume, state, env, console):
                         ema.update(model, step=counters["step"])
                     if scheduler is not None:
                         scheduler.step_update(counters["step"])
+                    if first_step is None:
+                        first_step = first_step_time(run_started, env.device)
+                        if env.main:
+                            progress.console.print(f"time to first step: {first_step:.1f} s", highlight=False)
                 window.add(outputs, len(inputs), counters["step"])
                 seen += len(inputs)
                 rate = seen * env.world / max(time.perf_counter() - started, 1e-9)
                 log_now = stepped and counters["step"] % train_cfg["log_every"] == 0
-                if log_now or i + 1 == len(train_loader):  # the only host syncs of the step loop
+                if log_now or i + 1 == steps:  # the only host syncs of the step loop
                     means = window.read(env, epoch, counters["epoch"])
                     for name, value in window.sums.items():
                         totals[name] = totals.get(name, 0.0) + value
@@ -238,6 +253,7 @@ def _run(recipe, out, resume, state, env, console):
                                 counters["step"])
                     window = Window()
                 progress.update(bar, advance=1, rate=rate)
+            rate = seen * env.world / max(time.perf_counter() - started, 1e-9)  # after the epoch's last host sync
             _check_corrupt(train_loader, data_cfg, env)
             counters["train_time"] += time.perf_counter() - started
             scored = ema.module if ema is not None else model
@@ -282,7 +298,8 @@ def _run(recipe, out, resume, state, env, console):
             torch.distributed.broadcast(tensor, 0)
     test_split = "test" if "test" in open_split_names(data_cfg) else eval_split
     test_loader = make_loader(data_cfg, test_split, classes, eval_cfg["batch_size"], train=False,
-                              seed=recipe["seed"], rank=env.rank, world=env.world, **options)
+                              seed=recipe["seed"], rank=env.rank, world=env.world,
+                              **options).configure(**loader_settings(data_cfg, env.device) | {"cache_mb": 0})
     result = task.evaluate(model, test_loader, autocast, final=True)
     if not env.main:
         return None
@@ -295,11 +312,122 @@ def _run(recipe, out, resume, state, env, console):
         "ema": ({"decay": train_cfg["ema_decay"], "warmup": train_cfg.get("ema_warmup", False)}
                 if ema is not None else None),
         "peak_memory_mb": peak_memory_mb(env.device), "processes": env.world,
+        "train_images_per_s": mean_rate(log.path) if env.main else None,
+        "time_to_first_step_s": round(first_step, 2) if first_step is not None else None,
     }
     task.report(run_dir, result, summary, test_loader, counters)
     write_json(run_dir / "summary.json", summary)
+    if summary["train_images_per_s"] is not None:
+        console.print(f"training: {summary['train_images_per_s']:.0f} images/s (mean of epochs); time to first step "
+                      f"{summary['time_to_first_step_s']} s", highlight=False)
     log.close()
     return run_dir
+
+
+def loader_settings(data_cfg: dict, device: torch.device) -> dict[str, Any]:
+    """How the run's training and validation loaders work: decoded-image cache, persistent workers, and on
+    CUDA pinned memory (the loop's copies are non-blocking)."""
+    return {"cache_mb": data_cfg.get("cache_decoded", 0), "persistent_workers": data_cfg.get("persistent_workers", False),
+            "pin_memory": device.type == "cuda"}
+
+
+def to_device(inputs: torch.Tensor, targets: Any, keys: list[str], device: torch.device,
+              memory_format: torch.memory_format | None = None) -> Batch:
+    """A loader batch on the run's device (non-blocking copies; images in ``memory_format``, e.g. channels_last)."""
+    inputs = inputs.to(device, non_blocking=True)
+    if memory_format is not None and inputs.dim() == 4:
+        inputs = inputs.contiguous(memory_format=memory_format)
+    if isinstance(targets, dict):
+        targets = {name: value.to(device, non_blocking=True) for name, value in targets.items()}
+    else:
+        targets = targets.to(device, non_blocking=True)
+    return Batch(inputs, targets, keys)
+
+
+def first_step_time(run_started: float, device: torch.device) -> float:
+    """Seconds from the start of ``run`` to the end of the first optimiser step (the device waited for once)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - run_started
+
+
+def mean_rate(metrics_path: Path) -> float | None:
+    """Training images/s, the mean over the epochs in the metrics log (a resumed run's earlier epochs included)."""
+    if not metrics_path.is_file():
+        return None
+    rates = [record["samples_per_s"] for record in map(json.loads, metrics_path.read_text().splitlines())
+             if record.get("kind") == "epoch" and "samples_per_s" in record]
+    return round(sum(rates) / len(rates), 1) if rates else None
+
+
+def compiled(net: torch.nn.Module, model: torch.nn.Module, task: Task, console: Console | None):
+    """``net`` compiled with torch.compile for the training steps, or ``net`` itself with one line saying why not."""
+    if task.owns_optimisation:
+        if console is not None:
+            console.print(f"train.compile: not used by task {task.name} (its component steps itself)", highlight=False)
+        return net
+    return CompiledOrEager(net, model, console)
+
+
+class CompiledOrEager:
+    """A training-step callable: torch.compile's module, falling back to the eager one for good where it fails.
+
+    Compilation happens at the first call of each new input shape; such a call runs with the
+    model's buffers and the RNG saved beforehand, so that when compiling fails the same step runs
+    eagerly from the same state (an eager run would have taken exactly these steps). An error that
+    the eager module raises too is the step's own error and is raised as it is.
+    """
+
+    backend = "inductor"
+
+    def __init__(self, net: torch.nn.Module, model: torch.nn.Module, console: Console | None):
+        self.eager, self.model, self.console = net, model, console
+        self.shapes: set[tuple] = set()
+        try:
+            self.compiled = torch.compile(net, backend=self.backend)
+        except Exception as exc:  # torch.compile itself refuses (e.g. an unsupported Python)
+            self.fall_back(exc)
+
+    def __call__(self, inputs: torch.Tensor, *args, **kwargs):
+        if self.compiled is None:
+            return self.eager(inputs, *args, **kwargs)
+        shape = tuple(inputs.shape)
+        if shape in self.shapes:
+            return self.compiled(inputs, *args, **kwargs)
+        buffers = {name: b.detach().clone() for name, b in self.model.named_buffers()}
+        rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        try:
+            out = self.compiled(inputs, *args, **kwargs)
+        except Exception as exc:
+            with torch.no_grad():
+                for name, value in self.model.named_buffers():
+                    value.copy_(buffers[name])
+            torch.set_rng_state(rng[0])
+            if rng[1] is not None:
+                torch.cuda.set_rng_state_all(rng[1])
+            out = self.eager(inputs, *args, **kwargs)  # raises the step's own error, if it is one
+            self.fall_back(exc)
+            return out
+        self.shapes.add(shape)
+        return out
+
+    def fall_back(self, exc: Exception) -> None:
+        self.compiled = None
+        cause = exc  # torch wraps the compiler's own error (BackendCompilerFailed, InductorError): name that one
+        while getattr(cause, "inner_exception", None) or cause.__cause__:
+            cause = getattr(cause, "inner_exception", None) or cause.__cause__
+        reason = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")[:200]
+        if self.console is not None:
+            self.console.print(f"train.compile: torch.compile cannot compile this model here ({type(cause).__name__}"
+                               f"{': ' + reason if reason else ''}); training in eager mode", highlight=False,
+                               soft_wrap=True)
+
+    def train(self, mode: bool = True):
+        self.eager.train(mode)
+        return self
+
+    def no_sync(self):
+        return self.eager.no_sync()
 
 
 class Window:

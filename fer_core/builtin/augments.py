@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.transforms import v2
@@ -39,8 +40,23 @@ def random_resized_crop(size: Annotated[int, Range(1, 4096)] = 224, scale: list[
     return SampleAugment(v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), antialias=True))
 
 
+class HorizontalFlip(SampleAugment):
+    """torchvision's random horizontal flip, and the same flip on uint8 pixels (``on_pixels``)."""
+
+    def __init__(self, p: float):
+        super().__init__(v2.RandomHorizontalFlip(p))
+        self.p = p
+
+    def on_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [H, W, C] -> flipped with probability ``p``: the transform's draw (``torch.rand(1) < p``), so
+        the loader gets the same images while it batches uint8 pixels (a view; the input is not modified)."""
+        if torch.rand(1) >= self.p:
+            return pixels
+        return pixels[:, ::-1]
+
+
 def hflip(p: Annotated[float, Range(0, 1)] = 0.5) -> SampleAugment:
-    return SampleAugment(v2.RandomHorizontalFlip(p))
+    return HorizontalFlip(p)
 
 
 def rotation(degrees: Annotated[float, Range(0, 180)] = 10.0) -> SampleAugment:

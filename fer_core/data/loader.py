@@ -26,7 +26,9 @@ import io
 import itertools
 import json
 import math
+import queue
 import random
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,7 @@ from fer_core.data.va import VA_FIELD, parse_va
 from fer_core.errors import DataError
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp")
+PIXELS = "__pixels__"  # a cached sample's decoded image (or the error decoding it raised), in place of its bytes
 
 
 @dataclass
@@ -176,6 +179,11 @@ class Decoder:
 
     def pixels(self, sample: dict) -> np.ndarray:
         """The sample's image as uint8 [size, size, channels]; ``pixels_to_tensor`` makes it an input."""
+        if PIXELS in sample:  # decoded before, by the cache (``DecodedCache``)
+            pixels = sample[PIXELS]
+            if isinstance(pixels, Exception):
+                raise pixels
+            return pixels
         return decode_pixels(_image_bytes(sample), self.image_size, self.channels)
 
     def target(self, sample: dict, label: int) -> int | torch.Tensor | dict:
@@ -254,7 +262,7 @@ def _png_decoder():
 def pixels_to_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [..., H, W, C] -> contiguous float [..., C, H, W] in [0, 1] (one image or a stacked batch)."""
     source = (torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels).movedim(-1, -3)
-    return torch.empty(source.shape, dtype=torch.float32).copy_(source).div_(255)
+    return torch.div(source, 255, out=torch.empty(source.shape, dtype=torch.float32))  # one pass; exact as ever
 
 
 class ShardStream(IterableDataset):
@@ -278,7 +286,9 @@ class ShardStream(IterableDataset):
         self.train, self.seed, self.augments = train, seed, list(augments)
         self.balance, self.shuffle_buffer = balance and train, shuffle_buffer if train else 0
         self.rank, self.world = rank, world
-        self.epoch = 0
+        # the epoch in shared memory: persistent workers read the one the main process sets
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.cache: DecodedCache | None = None
         self.total = sum(s.count for s in sources)
         if not decoder.latent:
             _png_decoder()  # import it here, not again in every worker of every epoch
@@ -292,6 +302,14 @@ class ShardStream(IterableDataset):
         self.draws = shares(self.total, [s.weight for s in sources]) if train else [s.count for s in sources]
         self.streams = [PassStream(s.shard_kept, n, seed=seed, name=str(s.root), shuffle=train)
                         for s, n in zip(sources, self.draws)]
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -338,7 +356,11 @@ class ShardStream(IterableDataset):
     def _read(self, source: SourceSplit, segments: Iterator[tuple[int, int, int]]) -> Iterator[tuple]:
         """The kept samples of ``segments`` ((shard, first, end) ranges of kept samples)."""
         for shard, first, end in segments:
-            yield from itertools.islice(self._kept(source, shard), first, end)
+            cached = self.cache.items(source, shard) if self.cache is not None else None
+            if cached is not None:  # the same items _kept yields, decoded in an earlier pass
+                yield from itertools.islice(cached, first, end)
+            else:
+                yield from itertools.islice(self._kept(source, shard), first, end)
 
     def _balanced(self, source: SourceSplit, stream: PassStream, position: int, quota: int,
                   rng: random.Random) -> Iterator[tuple]:
@@ -396,9 +418,9 @@ class ShardStream(IterableDataset):
 
     def _batches(self, samples: Iterator[tuple]) -> Iterator[dict]:
         augments = self.augments if self.train else []
-        # with no sample augments, images stay uint8 [B, H, W, C] (a quarter of the bytes between
-        # processes); EpochLoader converts whole batches to float
-        batched = not augments and not self.decoder.latent
+        # when every sample augment works on uint8 pixels too (``on_pixels``), images stay uint8
+        # [B, H, W, C] (a quarter of the bytes between processes); EpochLoader converts whole batches to float
+        batched = pixel_augments(augments) and not self.decoder.latent
         inputs, targets, keys, corrupt = [], [], [], []
         for sample, label, where in samples:
             if sample == "corrupt":
@@ -413,7 +435,7 @@ class ShardStream(IterableDataset):
                 corrupt.append(f"{where}:{sample.get('__key__')} ({type(exc).__name__})")
                 continue
             for augment in augments:
-                x = augment(x)
+                x = augment.on_pixels(x) if batched else augment(x)
             inputs.append(x)
             targets.append(y)
             keys.append(sample["__key__"])
@@ -422,6 +444,71 @@ class ShardStream(IterableDataset):
                 inputs, targets, keys, corrupt = [], [], [], []
         if inputs or corrupt:
             yield _collate(inputs, targets, keys, corrupt)
+
+
+def pixel_augments(augments: Sequence) -> bool:
+    """Whether every augment has ``on_pixels(uint8 [H, W, C]) -> uint8 [H, W, C]``: the same change as its
+    forward on the float image, with the same draws from torch's RNG, never modifying its input in place."""
+    return all(callable(getattr(augment, "on_pixels", None)) for augment in augments)
+
+
+class DecodedCache:
+    """A stream's decoded images, kept in memory across epochs (``data.cache_decoded``).
+
+    Filled once, before the stream is first read, with every kept sample of the shards it reads
+    (decoded in the loader's worker processes, a shard at a time); the stream then takes each
+    shard's items from here instead of reading and decoding the shard, in the same order, so its
+    batches are exactly those it delivers without the cache. Samples keep their fields but the
+    image bytes, which the decoded uint8 pixels replace (``PIXELS``; a sample that failed to decode
+    keeps its error, raised again where it would have been).
+    """
+
+    def __init__(self, stream: ShardStream):
+        self.keys = [(i, s) for i, (source, draws) in enumerate(zip(stream.sources, stream.draws)) if draws
+                     for s, kept in enumerate(source.shard_kept) if kept]
+        self.names = [(str(stream.sources[i].root), stream.sources[i].split) for i in range(len(stream.sources))]
+        self.shards: dict[tuple[str, str, int], list[tuple]] = {}
+        side, channels = stream.decoder.image_size, stream.decoder.channels
+        samples = sum(stream.sources[i].shard_kept[s] for i, s in self.keys)
+        self.megabytes = samples * side * side * channels / 2**20
+
+    def items(self, source: SourceSplit, shard: int) -> list[tuple] | None:
+        return self.shards.get((str(source.root), source.split, shard))
+
+    def fill(self, stream: ShardStream, workers: int) -> None:
+        reader = DataLoader(_ShardDecoder(stream, self.keys), batch_size=None, collate_fn=_as_is,
+                            num_workers=min(workers, len(self.keys)))
+        for (i, s), items, pixels in reader:
+            for sample, _, _ in items:
+                if isinstance(sample, dict) and isinstance(sample[PIXELS], int):
+                    sample[PIXELS] = pixels[sample[PIXELS]]
+            self.shards[(*self.names[i], s)] = items
+
+
+class _ShardDecoder(torch.utils.data.Dataset):
+    """Shard ``keys[n]`` of a stream -> (key, its kept items without image bytes, their pixels [N, H, W, C])."""
+
+    def __init__(self, stream: ShardStream, keys: list[tuple[int, int]]):
+        self.stream, self.keys = stream, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, n: int):
+        i, s = self.keys[n]
+        decoder, items, images = self.stream.decoder, [], []
+        for sample, label, where in self.stream._kept(self.stream.sources[i], s):
+            if isinstance(sample, dict):
+                try:
+                    pixels: int | Exception = len(images)
+                    images.append(decoder.pixels(sample))
+                except Exception as exc:
+                    pixels = exc
+                sample = {k: v for k, v in sample.items() if k not in IMAGE_KEYS} | {PIXELS: pixels}
+            items.append((sample, label, where))
+        side, channels = decoder.image_size, decoder.channels
+        pixels = np.stack(images) if images else np.empty((0, side, side, channels), np.uint8)
+        return (i, s), items, pixels
 
 
 def _collate(inputs, targets, keys, corrupt) -> dict:
@@ -461,6 +548,16 @@ class EpochLoader:
         self.num_workers = num_workers
         self.corrupt: list[str] = []
         self._rng_state: torch.Tensor | None = None
+        self.cache_mb, self.persistent_workers, self.pin_memory = 0.0, False, False
+        self._loader: DataLoader | None = None
+
+    def configure(self, cache_mb: float = 0, persistent_workers: bool = False, pin_memory: bool = False) -> EpochLoader:
+        """``cache_mb``: keep the decoded images in memory across epochs when they take at most this many MiB
+        (``DecodedCache``; images only, not cached latents); ``persistent_workers``: keep the worker processes
+        between epochs; ``pin_memory``: batches in page-locked memory, made ready in a background thread, for
+        non-blocking copies to a CUDA device."""
+        self.cache_mb, self.persistent_workers, self.pin_memory = cache_mb, persistent_workers, pin_memory
+        return self
 
     def __len__(self) -> int:
         return self.stream.num_batches()
@@ -469,10 +566,30 @@ class EpochLoader:
         self.stream.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        if self.pin_memory and self.num_workers:  # the workers own their RNG: a thread may drive them
+            return _pinned(self._batches())
+        return self._batches()
+
+    def _dataloader(self) -> DataLoader:
+        if self.stream.cache is None and self.cache_mb and not self.stream.decoder.latent:
+            cache = DecodedCache(self.stream)
+            if cache.megabytes <= self.cache_mb:
+                cache.fill(self.stream, self.num_workers)
+                self.stream.cache = cache
+            self.cache_mb = 0  # decided once
+        if self._loader is not None:
+            return self._loader
+        persistent = self.persistent_workers and self.num_workers > 0
+        loader = DataLoader(self.stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
+                            persistent_workers=persistent, prefetch_factor=4 if self.num_workers else None)
+        if persistent:
+            self._loader = loader
+        return loader
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         self.corrupt = []
         size, expected = self.stream.batch_size, len(self)
-        loader = DataLoader(self.stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
-                            persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+        loader = self._dataloader()
         pending: list[dict] = []
         delivered = 0
         last = None
@@ -524,6 +641,50 @@ def _delivered(batch: dict) -> tuple[torch.Tensor, torch.Tensor | dict[str, torc
     targets are a tensor, or with valence/arousal ``{"label": ..., "va": [B, 2]}``."""
     inputs = batch["inputs"]
     return pixels_to_tensor(inputs) if inputs.dtype == torch.uint8 else inputs, batch["targets"], batch["keys"]
+
+
+def _pinned(batches: Iterator[tuple], ahead: int = 2) -> Iterator[tuple]:
+    """``batches`` made ready ``ahead`` at a time in a background thread, their tensors page-locked (CUDA)."""
+    ready: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+    end = object()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pin(value):
+        return {k: v.pin_memory() for k, v in value.items()} if isinstance(value, dict) else value.pin_memory()
+
+    def produce() -> None:
+        try:
+            for inputs, targets, keys in batches:
+                if not offer((inputs.pin_memory(), pin(targets), keys)):
+                    return
+            offer(end)
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer(exc)
+        finally:
+            batches.close()
+
+    thread = threading.Thread(target=produce, name="fer-pin-memory", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _as_is(batch: dict) -> dict:
