@@ -11,14 +11,17 @@ with the same torch thread count and the same DataLoader worker count:
   loss; a loss read-out every step; validation every epoch; a checkpoint every epoch) over a
   ``torchvision.datasets.ImageFolder`` DataLoader of the same PNG files exported to class folders
   (flip, ToTensor, Normalize in the workers, shuffled, persistent workers);
-* ``limit``: the same model, optimiser, schedule and loss stepping through shuffled batches of
-  tensors already in memory (decoded and normalised beforehand, no augment), and its per-epoch
-  validation on in-memory tensors: what the compute costs with no data path and no bookkeeping.
+* ``limit``: the same model, optimiser (with the implementation `fer run` picks: fused kernels
+  on a CPU or GPU), schedule and loss stepping through shuffled batches of tensors already in
+  memory (decoded and normalised beforehand, no augment), and its per-epoch validation on
+  in-memory tensors: what the compute costs with no data path and no bookkeeping. The timm-style
+  loop keeps torch's default optimiser implementation, as timm's train.py (``--timm-fused``:
+  fused kernels there too).
 
 Training images/s is each epoch's images over its training time (loader start-up included),
 averaged over epochs; wall time is the whole run of each side (fer: the ``run`` call, with its
 checkpoints, test evaluation and report; timm-style: from building the model to the test
-accuracy; limit: its training plus its validation). ``--channels-last``/``--compile``/``--fused``
+accuracy; limit: its training plus its validation). ``--channels-last``/``--compile``
 apply an option to every side, so an option that speeds up the compute is measured against a
 limit that has it too. With ``--repeats`` the sides are interleaved and the median is printed.
 
@@ -57,6 +60,7 @@ from fer_core.data.loader import _image_bytes, decode_pixels
 from fer_core.data.shards import read_manifest
 from fer_core.data.sources import ensure_data
 from fer_core.data.tarstream import tar_samples
+from fer_core.optim import use_fused
 from fer_core.plugins import get_registry
 from fer_core.recipe import load_recipe
 from fer_core.recipes import locate
@@ -130,7 +134,7 @@ def timm_model(recipe: dict, num_classes: int, channels_last: bool) -> torch.nn.
 
 def timm_optimiser(model, recipe: dict, steps_per_epoch: int, fused: bool):
     optim, schedule = recipe["optim"], recipe["schedule"]
-    extra = {"fused": True} if fused else {}
+    extra = {"fused": True} if fused else {}  # else torch's default implementation, as timm's train.py
     optimizer = create_optimizer_v2(model, opt=optim["name"], lr=optim["lr"], weight_decay=optim["weight_decay"],
                                     **extra)
     scheduler, _ = create_scheduler_v2(optimizer, sched=schedule["name"], num_epochs=recipe["train"]["epochs"],
@@ -183,7 +187,7 @@ def run_timm(recipe: dict, folder: Path, classes: list[str], args) -> dict:
                                                generator=torch.Generator().manual_seed(recipe["seed"]), **options)
     val_loader, test_loader = (torch.utils.data.DataLoader(s, batch_size=recipe["eval"]["batch_size"], **options)
                                for s in (val_set, test_set))
-    optimizer, scheduler = timm_optimiser(model, recipe, len(train_loader), args.fused)
+    optimizer, scheduler = timm_optimiser(model, recipe, len(train_loader), args.timm_fused)
     loss_fn = LabelSmoothingCrossEntropy(smoothing=recipe["loss"].get("label_smoothing", 0.0))
     net = maybe_compile(model, args.compile)
     rates, train_s, val_s, updates = [], 0.0, 0.0, 0
@@ -240,7 +244,9 @@ def run_limit(recipe: dict, tensors: dict, classes: list[str], args) -> dict:
         data = {s: (x.contiguous(memory_format=torch.channels_last), y) for s, (x, y) in data.items()}
     (x_train, y_train), batch = data["train"], train_cfg["batch_size"]
     steps = math.ceil(len(x_train) / batch)
-    optimizer, scheduler = timm_optimiser(model, recipe, steps, args.fused)
+    # the optimiser implementation fer's run picks (fused kernels unless optim.fused says otherwise)
+    fused = use_fused([{"params": [p for p in model.parameters() if p.requires_grad]}], recipe["optim"]["fused"])
+    optimizer, scheduler = timm_optimiser(model, recipe, steps, fused)
     smoothing = recipe["loss"].get("label_smoothing", 0.0)
     net = maybe_compile(model, args.compile)
     generator = torch.Generator().manual_seed(recipe["seed"])
@@ -309,7 +315,7 @@ def compare(args) -> dict:
             medians[side]["val_s"] = statistics.median(r["val_s"] for r in runs[side])
     return {"recipe": recipe["name"], "data": str(root), "train_samples": read_manifest(root)["splits"]["train"]["count"],
             "epochs": args.epochs, "threads": torch.get_num_threads(), "workers": args.workers,
-            "options": {"channels_last": args.channels_last, "compile": args.compile, "fused": args.fused},
+            "options": {"channels_last": args.channels_last, "compile": args.compile, "timm_fused": args.timm_fused},
             "repeats": args.repeats, "runs": runs, "median": medians, "ratios": ratios(medians),
             "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())}
 
@@ -358,8 +364,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sides", default=",".join(SIDES), help="which of fer,timm,limit to run")
     parser.add_argument("--channels-last", action="store_true", help="channels_last on every side")
     parser.add_argument("--compile", action="store_true", help="torch.compile on every side")
-    parser.add_argument("--fused", action="store_true", help="fused AdamW on the timm-style and limit sides "
-                        "(fer picks its optimiser implementation itself)")
+    parser.add_argument("--timm-fused", action="store_true", help="fused AdamW kernels in the timm-style loop too "
+                        "(the limit always uses the implementation fer's run picks)")
     parser.add_argument("--display", choices=("terminal", "plain"), default="terminal",
                         help="fer's progress display rendered as on a terminal (discarded) or as into a file")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "fer-bench"))

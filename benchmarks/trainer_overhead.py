@@ -23,6 +23,7 @@ from rich.table import Table
 import fer_core.train as train_module
 from fer_core.data.pack import make_synth_dataset
 from fer_core.model import build_model
+from fer_core.optim import make_optimizer
 from fer_core.plugins import get_registry
 from fer_core.recipe import load_recipe
 
@@ -67,7 +68,8 @@ def bare_loop(recipe, classes, batches) -> float:
     torch.manual_seed(0)
     model = build_model(recipe, get_registry(), classes)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    # the optimiser fer's run builds (its parameter groups, fused kernels where it picks them)
+    optimizer = make_optimizer(model.param_groups(1e-3, recipe["optim"]["weight_decay"]), recipe["optim"])
     loss_fn = torch.nn.CrossEntropyLoss()
     start = time.perf_counter()
     for inputs, targets, _ in batches:

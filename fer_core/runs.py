@@ -192,10 +192,26 @@ def save_epoch_checkpoints(run_dir: Path, state: Mapping[str, Any], epoch: int, 
     ``last.pt``, redoes the epoch and writes the same ``best.pt`` again, whereas the other order
     could leave a resumed run whose best epoch has no ``best.pt``."""
     folder = run_dir / "checkpoints"
-    if best:
-        save_checkpoint(folder / "best.pt", state)
-    save_checkpoint(folder / "last.pt", state)
+    written = None  # the file this epoch's state was written to: the others link to it (no second write)
+    for path, wanted in ((folder / "best.pt", best), (folder / "last.pt", True),
+                         (folder / f"epoch-{epoch:04d}.pt", bool(keep))):
+        if wanted and not (written and _link_over(written, path)):
+            save_checkpoint(path, state)
+            written = path
     if keep:
-        save_checkpoint(folder / f"epoch-{epoch:04d}.pt", state)
         for old in sorted(folder.glob("epoch-*.pt"))[:-keep]:
             old.unlink()
+
+
+def _link_over(source: Path, path: Path) -> bool:
+    """Atomically make ``path`` a hard link to ``source`` (written files are replaced, never changed, so the
+    two stay independent); False where the file system has no hard links."""
+    tmp = path.with_name(f".{path.name}.link.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
