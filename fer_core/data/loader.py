@@ -582,8 +582,12 @@ class EpochLoader:
         if self._loader is not None:
             return self._loader
         persistent = self.persistent_workers and self.num_workers > 0
+        # persistent workers start once per process: a seed drawn from the global RNG would shift a resumed
+        # run's random numbers against the straight run's (the slots seed themselves per epoch anyway)
+        generator = torch.Generator().manual_seed(self.stream.seed) if persistent else None
         loader = DataLoader(self.stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
-                            persistent_workers=persistent, prefetch_factor=4 if self.num_workers else None)
+                            persistent_workers=persistent, prefetch_factor=4 if self.num_workers else None,
+                            generator=generator)
         if persistent:
             self._loader = loader
         return loader
