@@ -24,7 +24,7 @@ from fer_core.evaluate import report_table
 from fer_core.errors import RecipeError
 from fer_core.affect_report import affect_table, write_affect_report
 from fer_core.model import count_parameters, installed
-from fer_core.outputs import TASK_OUTPUTS, layout, metric_mode, split
+from fer_core.outputs import FLAT_AFFECT_METRICS, TASK_OUTPUTS, layout, metric_mode, split
 from fer_core.task import Autocast, Batch
 
 
@@ -101,9 +101,7 @@ class AffectTask(ClassificationTask):
         s, name, split_name = self.setup, self.recipe["name"], summary["test_split"]
         _, trainable = count_parameters(self.model)
         test = {k: result[k] for k in ("accuracy", "f1_macro", "f1_weighted") if k in result}
-        test.update({k: result[k] for k in ("valence_ccc", "arousal_ccc", "ccc_mean", "valence_rmse",
-                                            "arousal_rmse", "rmse_mean", "valence_pcc", "arousal_pcc",
-                                            "valence_sagr", "arousal_sagr")})
+        test.update({k: result[k] for k in FLAT_AFFECT_METRICS})
         summary.update({
             "test": test, "outputs": self.slices,
             "trainable_parameters": trainable, "tta": self.recipe["eval"]["tta"] if not self.encoded else None,
