@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fer_core.data.shards import MANIFEST_NAME, read_manifest
-from fer_core.data.sources import source_roots
+from fer_core.data.sources import check_synth_settings, source_roots
 from fer_core.data.synth import EXPRESSIONS
 from fer_core.dryrun import dry_build
 from fer_core.errors import DataError, FerError
@@ -34,6 +34,8 @@ def check_data(data: Mapping[str, Any], splits: tuple[str, ...] = ("train",)) ->
     """
     if not data.get("sources") and will_be_drawn(data):
         return None
+    if not data.get("sources") and data.get("synth") is not None:
+        check_synth_settings(data["root"], data["synth"])  # as `fer run` does before it reads the set
     roots = source_roots(data)
     classes = list(data.get("classes") or [])
     for root, _ in roots:
