@@ -270,7 +270,7 @@ def test_profile_run_accounts_for_the_steps_of_a_real_run(tmp_path):
     steps = -(-train // 16)
     assert json.loads((tmp_path / "p.json").read_text())["steps"] == result["steps"] == steps
     rows = {row["stage"]: row for row in result["rows"]}
-    for stage in ("forward", "backward", "optimizer", "decode", "evaluate", "checkpoint", "report", "loop"):
+    for stage in ("forward", "backward", "optimizer", "decode", "evaluate", "checkpoint", "report", "setup"):
         assert rows[stage]["seconds"] > 0, stage
     assert rows["forward"]["calls"] == rows["backward"]["calls"] == steps and rows["decode"]["where"] == "main"
     assert sum(row["seconds"] for row in result["rows"] if row["where"] != "thread") == pytest.approx(
