@@ -310,7 +310,7 @@ def test_pinned_batches_come_in_order_from_a_background_thread(shards, monkeypat
 
 
 def test_pinned_batches_raise_the_loader_error(monkeypatch):
-    from fer_core.data.loader import _pinned
+    from fer_core.data.prefetch import pinned as _pinned
 
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self.clone())
 

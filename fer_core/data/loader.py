@@ -26,9 +26,7 @@ import io
 import itertools
 import json
 import math
-import queue
 import random
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +37,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import shuffle as wds_shuffle
 from webdataset.tariterators import tarfile_samples
 
+from fer_core.data.decoded import PIXELS, DecodedCache
 from fer_core.data.images import pil_pixels
 from fer_core.data.mixture import PassStream, interleave, shares, slot_range, stable_seed
+from fer_core.data.prefetch import pinned
 from fer_core.data.tarstream import tar_samples
 from fer_core.errors import DataError
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp")
-PIXELS = "__pixels__"  # a cached sample's decoded image (or the error decoding it raised), in place of its bytes
 
 
 @dataclass
@@ -439,65 +438,6 @@ def pixel_augments(augments: Sequence) -> bool:
     return all(callable(getattr(augment, "on_pixels", None)) for augment in augments)
 
 
-class DecodedCache:
-    """A stream's decoded images, kept in memory across epochs (``data.cache_decoded``).
-
-    Filled once, before the stream is first read, with every kept sample of the shards it reads
-    (decoded in the loader's worker processes, a shard at a time); the stream then takes each
-    shard's items from here instead of reading and decoding the shard, in the same order, so its
-    batches are exactly those it delivers without the cache. Samples keep their fields but the
-    image bytes, which the decoded uint8 pixels replace (``PIXELS``; a sample that failed to decode
-    keeps its error, raised again where it would have been).
-    """
-
-    def __init__(self, stream: ShardStream):
-        self.keys = [(i, s) for i, (source, draws) in enumerate(zip(stream.sources, stream.draws)) if draws
-                     for s, kept in enumerate(source.shard_kept) if kept]
-        self.names = [(str(stream.sources[i].root), stream.sources[i].split) for i in range(len(stream.sources))]
-        self.shards: dict[tuple[str, str, int], list[tuple]] = {}
-        side, channels = stream.decoder.image_size, stream.decoder.channels
-        samples = sum(stream.sources[i].shard_kept[s] for i, s in self.keys)
-        self.megabytes = samples * side * side * channels / 2**20
-
-    def items(self, source: SourceSplit, shard: int) -> list[tuple] | None:
-        return self.shards.get((str(source.root), source.split, shard))
-
-    def fill(self, stream: ShardStream, workers: int) -> None:
-        reader = DataLoader(_ShardDecoder(stream, self.keys), batch_size=None, collate_fn=_as_is,
-                            num_workers=min(workers, len(self.keys)))
-        for (i, s), items, pixels in reader:
-            for sample, _, _ in items:
-                if isinstance(sample, dict) and isinstance(sample[PIXELS], int):
-                    sample[PIXELS] = pixels[sample[PIXELS]]
-            self.shards[(*self.names[i], s)] = items
-
-
-class _ShardDecoder(torch.utils.data.Dataset):
-    """Shard ``keys[n]`` of a stream -> (key, its kept items without image bytes, their pixels [N, H, W, C])."""
-
-    def __init__(self, stream: ShardStream, keys: list[tuple[int, int]]):
-        self.stream, self.keys = stream, keys
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, n: int):
-        i, s = self.keys[n]
-        decoder, items, images = self.stream.decoder, [], []
-        for sample, label, where in self.stream._kept(self.stream.sources[i], s):
-            if isinstance(sample, dict):
-                try:
-                    pixels: int | Exception = len(images)
-                    images.append(decoder.pixels(sample))
-                except Exception as exc:
-                    pixels = exc
-                sample = {k: v for k, v in sample.items() if k not in IMAGE_KEYS} | {PIXELS: pixels}
-            items.append((sample, label, where))
-        side, channels = decoder.image_size, decoder.channels
-        pixels = np.stack(images) if images else np.empty((0, side, side, channels), np.uint8)
-        return (i, s), items, pixels
-
-
 def _collate(inputs, targets, keys, corrupt) -> dict:
     if not inputs:
         return {"inputs": None, "targets": None, "keys": keys, "corrupt": corrupt}
@@ -544,12 +484,12 @@ class EpochLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         if self.pin_memory and self.num_workers:  # the workers own their RNG: a thread may drive them
-            return _pinned(self._batches())
+            return pinned(self._batches())
         return self._batches()
 
     def _dataloader(self) -> DataLoader:
         if self.stream.cache is None and self.cache_mb and not self.stream.decoder.latent:
-            cache = DecodedCache(self.stream)
+            cache = DecodedCache(self.stream, IMAGE_KEYS)
             if cache.megabytes <= self.cache_mb:
                 cache.fill(self.stream, self.num_workers)
                 self.stream.cache = cache
@@ -617,50 +557,6 @@ def _delivered(batch: dict) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(inputs, targets, keys) with uint8 pixel batches [B, H, W, C] made float [B, C, H, W] in [0, 1]."""
     inputs = batch["inputs"]
     return pixels_to_tensor(inputs) if inputs.dtype == torch.uint8 else inputs, batch["targets"], batch["keys"]
-
-
-def _pinned(batches: Iterator[tuple], ahead: int = 2) -> Iterator[tuple]:
-    """``batches`` made ready ``ahead`` at a time in a background thread, their tensors page-locked (CUDA)."""
-    ready: queue.Queue = queue.Queue(maxsize=ahead)
-    stop = threading.Event()
-    end = object()
-
-    def offer(item) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def pin(value):
-        return {k: v.pin_memory() for k, v in value.items()} if isinstance(value, dict) else value.pin_memory()
-
-    def produce() -> None:
-        try:
-            for inputs, targets, keys in batches:
-                if not offer((inputs.pin_memory(), pin(targets), keys)):
-                    return
-            offer(end)
-        except BaseException as exc:  # handed to the consumer, raised there
-            offer(exc)
-        finally:
-            batches.close()
-
-    thread = threading.Thread(target=produce, name="fer-pin-memory", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ready.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _as_is(batch: dict) -> dict:
