@@ -5,6 +5,11 @@
 groups-<attribute>.png. The attributes are looked up by sample key in the shards'
 ``meta.json`` (``fer_core.data.meta``), so the loader's (inputs, targets, keys) batches stay
 as they are.
+
+A run whose model predicts valence and arousal (tasks ``affect``, ``expression+affect``) is
+scored with ``fer_core.affect_eval.evaluate_affect`` and reported by
+``fer_core.affect_report.write_affect_report`` (va_scatter.png; the class files only when the
+model classifies too). Calibration and ``--by`` groups read the class logits alone.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any
 
 import torch
 
+from fer_core.affect_eval import evaluate_affect
+from fer_core.affect_report import write_affect_report
 from fer_core.calibration import (calibration_record, fit_temperature, negative_log_likelihood, plot_reliability,
                                   reliability_of, write_calibration)
 from fer_core.data.meta import check_attribute, read_meta
@@ -25,6 +32,7 @@ from fer_core.errors import FerError
 from fer_core.evaluate import evaluate, write_report
 from fer_core.fairness import MIN_SUPPORT, RESAMPLES, group_report
 from fer_core.inference import Trained
+from fer_core.outputs import has_affect, has_logits
 from fer_core.runs import run_dir_of
 
 
@@ -55,20 +63,38 @@ def eval_data(trained: Trained, data_dir: str | Path | None) -> dict[str, Any]:
 def run_model(trained: Trained, data: dict[str, Any], split: str, *, tta: str | None = None,
               classes: Sequence[str] | None = None, model: torch.nn.Module | None = None,
               device: str | torch.device = "cpu") -> tuple[dict[str, Any], Outputs]:
-    """Metrics and per-sample outputs of ``model`` (default: the run's) on ``split``.
+    """Class metrics and per-sample logits of ``model`` (default: the run's classifier) on ``split``.
 
     ``classes`` are the data set's names of the classes to score, in the order of the model's
     outputs (default: the run's classes).
     """
     classes = list(classes or trained.classes)
+    model = model or trained.classifier("scoring classes")
+    loader, encoded = _loader(trained, data, split, classes, device)
+    batches: list = []
+    result = evaluate(model, loader, len(classes), torch.device(device), encoded=encoded, tta=tta, outputs=batches)
+    return result, Outputs.from_batches(batches)
+
+
+def run_affect(trained: Trained, data: dict[str, Any], split: str, *, tta: str | None = None,
+               device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Valence/arousal metrics (and class metrics when the model classifies) of the run on ``split``, with
+    every sample's predicted and true (valence, arousal) under ``va_points``."""
+    loader, encoded = _loader(trained, data, split, trained.classes, device, va=True)
+    return evaluate_affect(trained.model, loader, trained.slices, len(trained.classes), torch.device(device),
+                           encoded=encoded, tta=tta, points=True)
+
+
+def _loader(trained: Trained, data: dict[str, Any], split: str, classes: Sequence[str],
+            device: str | torch.device, va: bool = False):
+    """The evaluation loader of ``split`` (cached latents when the run's frozen encoder has them), and
+    whether it yields latents."""
     latents = cached_latents(data, trained.recipe["model"]["encoder"], trained.model.encoder,
                              frozen=trained.model.frozen.get("encoder", False), device=device)
-    loader = make_loader(data, split, classes, trained.recipe["eval"]["batch_size"], train=False,
-                         seed=trained.recipe["seed"], latent=latents is not None, roots=latents)
-    batches: list = []
-    result = evaluate(model or trained.model, loader, len(classes), torch.device(device),
-                      encoded=latents is not None, tta=tta, outputs=batches)
-    return result, Outputs.from_batches(batches)
+    options = {"va": True} if va else {}
+    loader = make_loader(data, split, list(classes), trained.recipe["eval"]["batch_size"], train=False,
+                         seed=trained.recipe["seed"], latent=latents is not None, roots=latents, **options)
+    return loader, latents is not None
 
 
 def attribute_values(data: dict[str, Any], split: str, attribute: str, keys: Sequence[str]) -> list[str | None]:
@@ -106,19 +132,33 @@ def evaluate_run(trained: Trained, *, data_dir: str | Path | None = None, split:
     The report is written to ``out`` (when given) and returned.
     """
     data = eval_data(trained, data_dir)
+    slices = trained.slices
+    if by and not has_logits(slices):
+        raise FerError(f"--by compares class predictions per group; '{trained.recipe['name']}' predicts valence "
+                       f"and arousal only (task {trained.task})")
     order = check_attributes(data, by)
-    result, outputs = run_model(trained, data, split, tta=tta, device=device)
-    if trained.temperature != 1.0:
+    if has_affect(slices):
+        result = run_affect(trained, data, split, tta=tta, device=device)
+        # the per-sample logits of calibration and groups: a second pass through the logits alone
+        wanted = has_logits(slices) and (by or trained.temperature != 1.0)
+        outputs = run_model(trained, data, split, tta=tta, device=device)[1] if wanted else None
+    else:
+        result, outputs = run_model(trained, data, split, tta=tta, device=device)
+    if outputs is not None and trained.temperature != 1.0:
         calibrated = reliability_of(outputs.logits / trained.temperature, outputs.targets)
         result["calibrated"] = {"temperature": trained.temperature, "ece": calibrated["ece"], "reliability": calibrated}
-    predicted = outputs.logits.argmax(dim=1)
-    groups = {attribute: group_report(predicted, outputs.targets, attribute_values(data, split, attribute, outputs.keys),
-                                      trained.classes, order[attribute], resamples=resamples, seed=seed,
-                                      min_support=min_support)
-              for attribute in by}
+    groups = {}
+    if by:
+        predicted = outputs.logits.argmax(dim=1)
+        groups = {attribute: group_report(predicted, outputs.targets,
+                                          attribute_values(data, split, attribute, outputs.keys), trained.classes,
+                                          order[attribute], resamples=resamples, seed=seed, min_support=min_support)
+                  for attribute in by}
     extra = {"checkpoint": str(trained.checkpoint), "data": data.get("root"), "groups": groups}
     if out is not None:
-        write_report(Path(out), trained.recipe["name"], result, trained.classes, split, extra)
+        writer = write_affect_report if "affect" in result else write_report
+        writer(Path(out), trained.recipe["name"], result, trained.classes, split, extra)
+    result = {k: v for k, v in result.items() if k != "va_points"}
     return {"recipe": trained.recipe["name"], "split": split, "classes": trained.classes, **result, **extra}
 
 
@@ -129,7 +169,7 @@ def calibrate_run(trained: Trained, *, data_dir: str | Path | None = None, split
     if run_dir is None:
         raise FerError(f"{trained.checkpoint} is not inside a run directory; calibrate a run of `fer run`")
     data = eval_data(trained, data_dir)
-    _, outputs = run_model(trained, data, split, device=device)
+    _, outputs = run_model(trained, data, split, model=trained.classifier("`fer calibrate`"), device=device)
     logits, targets = outputs.logits, outputs.targets
     temperature = fit_temperature(logits, targets)
     before, after = reliability_of(logits, targets), reliability_of(logits / temperature, targets)

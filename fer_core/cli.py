@@ -237,6 +237,7 @@ def eval_command(run_or_checkpoint, data_dir, split, tta, by, resamples, seed, m
     """Evaluate a trained run (its best checkpoint) on a split; write the report into the run."""
     import torch  # these imports are here: `fer plugins` and `fer --help` must not import torch
 
+    from fer_core.affect_report import affect_table
     from fer_core.assess import eval_dir, evaluate_run
     from fer_core.evaluate import report_table
     from fer_core.fairness import group_table
@@ -253,10 +254,13 @@ def eval_command(run_or_checkpoint, data_dir, split, tta, by, resamples, seed, m
         click.echo(json.dumps({**report, "tta": tta}, indent=2))
         return
     console.print(f"test-time augmentation: {tta or 'none'} ({origin})", highlight=False)
-    console.print(report_table(report))
-    console.print(f"expected calibration error: {report['ece']:.4f}"
-                  + (f" ({report['calibrated']['ece']:.4f} with temperature {trained.temperature:.3f})"
-                     if "calibrated" in report else ""), highlight=False)
+    if "confusion" in report:  # a model that classifies (valence/arousal-only models have no classes)
+        console.print(report_table(report))
+        console.print(f"expected calibration error: {report['ece']:.4f}"
+                      + (f" ({report['calibrated']['ece']:.4f} with temperature {trained.temperature:.3f})"
+                         if "calibrated" in report else ""), highlight=False)
+    if "affect" in report:
+        console.print(affect_table(report))
     for attribute, groups in report["groups"].items():
         console.print(group_table(attribute, groups))
     if out is not None:
@@ -295,7 +299,9 @@ def predict_command(run_or_checkpoint, images, top_k, batch_size, as_json, detec
 @main.command("compare")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--metric", default="accuracy", show_default=True,
-              type=click.Choice(["accuracy", "f1_macro", "f1_weighted"]), help="Sort by this test metric.")
+              type=click.Choice(["accuracy", "f1_macro", "f1_weighted", "ccc_mean", "valence_ccc", "arousal_ccc",
+                                 "valence_rmse", "arousal_rmse"]),
+              help="Sort by this test metric (RMSE: lowest first; valence/arousal metrics for affect runs).")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]),
               help="Print (or write) Markdown, CSV or JSON instead of a table  [default: table, or --output's suffix].")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the comparison to this file.")

@@ -34,9 +34,13 @@ ATTRIBUTES: dict[str, dict[str, str]] = {
     "detector": {},  # an object with detect(image) -> list[Face] (fer_core.faces.face), not a module
 }
 
-# Optional attributes: absent means False.
+# Optional attributes: absent means the default their meaning states (False for flags).
 OPTIONAL_ATTRIBUTES: dict[str, dict[str, str]] = {
-    "loss": {"wants_batch": "called in training as loss(logits, targets, inputs=..., keys=...): the backbone's "
+    "head": {"outputs": "a dict of named output slices in order, e.g. {'logits': C, 'va': 2} "
+                        "(fer_core.outputs); absent: {'logits': num_classes}"},
+    "loss": {"target": "'va': scores valence/arousal [B, 2] against targets [B, 2] (affect tasks); "
+                       "absent: logits against class targets",
+             "wants_batch": "called in training as loss(logits, targets, inputs=..., keys=...): the backbone's "
                             "inputs after the batch augments and the batch's sample keys (distillation)"},
     "augment": {"deterministic": "a sample augment that always gives the same output for the same image "
                                  "(resize), so a teacher's logits may be cached per sample"},

@@ -82,7 +82,8 @@ def crosseval(run_paths: Sequence[str | Path], data_dirs: Sequence[str | Path], 
             shared = shared_classes(trained.classes, manifests[str(data_dir)]["classes"])
             columns, names = [i for i, _ in shared], [name for _, name in shared]
             result, _ = run_model(trained, eval_data(trained, data_dir), split, tta=tta, classes=names,
-                                  model=SharedOutputs(trained.model, columns).to(device), device=device)
+                                  model=SharedOutputs(trained.classifier("`fer crosseval`"), columns).to(device),
+                                  device=device)
             cells.append({
                 "run": trained.recipe["name"], "run_dir": str(path), "data": str(data_dir), "split": split,
                 "samples": result["samples"], "accuracy": result["accuracy"], "f1_macro": result["f1_macro"],

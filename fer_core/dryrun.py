@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 
+from fer_core.affect import build_affect_loss, head_slices
 from fer_core.errors import FerError, PluginError
 from fer_core.model import build_model, build_sample_augments
+from fer_core.outputs import TASK_OUTPUTS, split
 from fer_core.registry import Component, Registry
 
 BATCH = 2
@@ -95,7 +97,13 @@ def dry_build(recipe: Mapping[str, Any], registry: Registry, classes: list[str])
         features = parts["backbone"].call(backbone.eval(), latents, what=f"inputs {_shape(latents)}")
         parts["backbone"].tensor(features, (BATCH, features_n), f"declares num_features {features_n}: expected")
         logits = parts["head"].call(model.head, features, what=f"features {_shape(features)}")
-        parts["head"].tensor(logits, (BATCH, n), f"the head of {n} classes must return")
+        slices = dict(getattr(model.head, "outputs", None) or {"logits": n})  # fer_core.outputs.layout
+        width = sum(slices.values())
+        contract = f"the head of {n} classes must return" if slices == {"logits": n} else \
+            f"its outputs {slices} add up to"
+        parts["head"].tensor(logits, (BATCH, width), contract)
+    head_slices(recipe, model.head, TASK_OUTPUTS[recipe["task"]], registry)
+    outputs = split(logits, slices)
     targets = torch.arange(BATCH) % n
     model.train()
     for i, augment in enumerate(model.batch_augments):
@@ -106,13 +114,18 @@ def dry_build(recipe: Mapping[str, Any], registry: Registry, classes: list[str])
             raise part.fail(f"returned {_shape(out)} but a batch augment returns (inputs {_shape(latents)}, "
                             f"targets [{BATCH}] or [{BATCH}, {n}])")
     counts = [1] * n
-    loss_part = _Part(registry, "loss", recipe["loss"], "loss")
-    loss_fn = registry.build("loss", recipe["loss"], "loss", {"num_classes": n, "class_counts": counts})
-    for label, target in (("class indices", targets), ("soft targets", torch.full((BATCH, n), 1.0 / n))):
-        loss = loss_part.call(loss_fn, logits, target, what=f"logits {_shape(logits)} and {label} {_shape(target)}")
-        if not isinstance(loss, torch.Tensor) or loss.ndim != 0 or not torch.isfinite(loss):
-            raise loss_part.fail(f"returned {_shape(loss)} for logits {_shape(logits)} and {label}; "
-                                 f"a loss returns a finite scalar tensor")
+    if "logits" in TASK_OUTPUTS[recipe["task"]]:
+        _check_loss(_Part(registry, "loss", recipe["loss"], "loss"),
+                    registry.build("loss", recipe["loss"], "loss", {"num_classes": n, "class_counts": counts}),
+                    "logits", outputs["logits"], (("class indices", targets),
+                                                  ("soft targets", torch.full((BATCH, n), 1.0 / n))))
+    if "va" in TASK_OUTPUTS[recipe["task"]]:
+        spec = recipe["affect"]["loss"]
+        va = torch.linspace(-0.9, 0.9, 2 * BATCH).reshape(BATCH, 2)
+        loss_fn = registry.build("loss", spec, "affect.loss", {"num_classes": n, "class_counts": counts})
+        build_affect_loss(recipe, registry, classes, None)  # says so when it is not a valence/arousal loss
+        _check_loss(_Part(registry, "loss", spec, "affect.loss"), loss_fn, "valence/arousal", outputs["va"],
+                    (("valence/arousal targets", va),))
     for i, augment in enumerate(build_sample_augments(recipe, registry, n)):
         sample_part = _Part(registry, "augment", recipe["augment"]["sample"][i], f"augment.sample[{i}]")
         image = images[0]
@@ -121,6 +134,15 @@ def dry_build(recipe: Mapping[str, Any], registry: Registry, classes: list[str])
             raise sample_part.fail(f"returned {_shape(out)} for an image {_shape(image)}; a sample augment "
                                    f"returns an image [{channels}, H, W]")
     return f"{what} -> {_shape(latents)} -> {_shape(features)} -> {_shape(logits)}, loss checked"
+
+
+def _check_loss(part: _Part, loss_fn: Any, what: str, pred: torch.Tensor,
+                targets: tuple[tuple[str, torch.Tensor], ...]) -> None:
+    for label, target in targets:
+        loss = part.call(loss_fn, pred, target, what=f"{what} {_shape(pred)} and {label} {_shape(target)}")
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0 or not torch.isfinite(loss):
+            raise part.fail(f"returned {_shape(loss)} for {what} {_shape(pred)} and {label}; "
+                            f"a loss returns a finite scalar tensor")
 
 
 def _check_encoder(part: _Part, encoder: torch.nn.Module, images: torch.Tensor, what: str) -> torch.Tensor:

@@ -74,9 +74,16 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, device
         torch.distributed.all_reduce(loss_sum)
         torch.distributed.all_reduce(count)
     model.train(was_training)
-    out: dict[str, Any] = {k: result[k].item() for k in ("accuracy", "f1_macro", "f1_weighted")}
+    out = classification_result(result)
     if loss_fn is not None:
         out["loss"] = (loss_sum / count.clamp_min(1)).item()
+    out["samples"] = int(count.item())
+    return out
+
+
+def classification_result(result: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The report's classification figures from ``metric_collection(...).compute()``."""
+    out: dict[str, Any] = {k: result[k].item() for k in ("accuracy", "f1_macro", "f1_weighted")}
     confusion = result["confusion"].long()
     out["per_class"] = {
         "precision": result["precision"].tolist(),
@@ -87,7 +94,6 @@ def evaluate(model: torch.nn.Module, batches: Iterable, num_classes: int, device
     out["confusion"] = confusion.tolist()
     out["reliability"] = reliability_summary(result["reliability"])
     out["ece"] = out["reliability"]["ece"]
-    out["samples"] = int(count.item())
     return out
 
 
@@ -122,7 +128,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
              f"- samples: {report['samples']}",
              f"- accuracy: {report['accuracy']:.4f}",
              f"- macro F1: {report['f1_macro']:.4f}",
-             f"- weighted F1: {report['f1_weighted']:.4f}", *_weights_line(report), *calibration_markdown(report), "",
+             f"- weighted F1: {report['f1_weighted']:.4f}", *weights_line(report), *calibration_markdown(report), "",
              "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for i, name in enumerate(classes):
         lines.append(f"| {name} | {per['precision'][i]:.3f} | {per['recall'][i]:.3f} | "
@@ -135,7 +141,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _weights_line(report: Mapping[str, Any]) -> list[str]:
+def weights_line(report: Mapping[str, Any]) -> list[str]:
     """Which weights were scored: the EMA of the weights (with its decay and warm-up) or the weights."""
     summary = report.get("summary") or {}
     if "scored_weights" not in summary:

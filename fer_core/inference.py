@@ -7,9 +7,12 @@ from pathlib import Path
 
 import torch
 
+from torch import nn
+
 from fer_core.calibration import stored_temperature
-from fer_core.errors import CheckpointError
+from fer_core.errors import CheckpointError, FerError
 from fer_core.model import FerModel, build_model, load_model_state
+from fer_core.outputs import has_logits, layout, recipe_task, split
 from fer_core.plugins import get_registry
 from fer_core.providers import recorded
 from fer_core.runs import load_checkpoint, resolve_checkpoint
@@ -22,6 +25,36 @@ class Trained:
     classes: list[str]
     checkpoint: Path
     temperature: float = 1.0  # fitted by `fer calibrate` for this checkpoint; logits / temperature are calibrated
+
+    @property
+    def slices(self) -> dict[str, int]:
+        """The model's output slices (``fer_core.outputs``): {"logits": C} and/or {"va": 2}."""
+        return layout(self.model.head)
+
+    @property
+    def task(self) -> str:
+        return recipe_task(self.recipe)
+
+    def classifier(self, purpose: str) -> nn.Module:
+        """The model as a classifier (its logits slice alone); a FerError when it has no class outputs."""
+        slices = self.slices
+        if not has_logits(slices):
+            raise FerError(f"'{self.recipe['name']}' predicts valence and arousal only (task {self.task}); "
+                           f"{purpose} needs class outputs")
+        return self.model if list(slices) == ["logits"] else OutputPart(self.model, "logits")
+
+
+class OutputPart(nn.Module):
+    """A FerModel that returns one named slice of its output (e.g. the logits of a multi-task head)."""
+
+    def __init__(self, model: FerModel, name: str):
+        super().__init__()
+        self.model, self.name = model, name
+        self.slices = layout(model.head)
+
+    def forward(self, inputs: torch.Tensor, targets=None, encoded: bool = False):
+        output, targets = self.model(inputs, targets, encoded=encoded)
+        return split(output, self.slices)[self.name], targets
 
 
 def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cpu",

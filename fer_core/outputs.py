@@ -21,7 +21,13 @@ TASK_OUTPUTS: dict[str, tuple[str, ...]] = {
     "expression+affect": ("logits", "va"),
 }
 
+AFFECT_TASKS = ("affect", "expression+affect")  # the tasks whose data must carry valence/arousal
 VA_NAMES = ("valence", "arousal")
+CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "f1_weighted")
+# per valence/arousal dimension: metric -> whether larger is better
+AFFECT_METRICS = {"ccc": True, "pcc": True, "rmse": False, "sagr": True}
+# the flat affect metrics of an evaluation: valence_ccc ... arousal_sagr, then the means
+FLAT_AFFECT_METRICS = tuple(f"{dim}_{m}" for dim in VA_NAMES for m in AFFECT_METRICS) + ("ccc_mean", "rmse_mean")
 
 
 def layout(head: Any) -> dict[str, int]:
@@ -39,6 +45,18 @@ def split(output: Any, slices: Mapping[str, int]) -> dict[str, Any]:
     if start != output.shape[1]:
         raise ValueError(f"output has width {output.shape[1]} but the head's outputs {dict(slices)} add up to {start}")
     return parts
+
+
+def task_metrics(task: str) -> tuple[str, ...]:
+    """The validation metrics a task computes (any of them may pick best.pt), ``loss`` included."""
+    slices = TASK_OUTPUTS.get(task, ("logits",))
+    return ((CLASSIFICATION_METRICS if "logits" in slices else ()) + (FLAT_AFFECT_METRICS if "va" in slices else ())
+            + ("loss",))
+
+
+def metric_mode(metric: str) -> str:
+    """'min' or 'max': which way ``metric`` improves."""
+    return "min" if metric == "loss" or metric.endswith("rmse") or metric == "rmse_mean" else "max"
 
 
 def recipe_task(recipe: Mapping[str, Any]) -> str:

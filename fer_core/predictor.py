@@ -6,14 +6,17 @@ only ``fer-core``'s light dependencies, numpy, Pillow and onnxruntime can predic
 
 Images travel as numpy arrays: ``decode`` turns image bytes into float32 [C, H, W] in
 [0, 1] exactly as the training loader does (PIL's L/RGB conversion, bilinear resize,
-divide by 255), and ``predict`` turns a stacked batch [B, C, H, W] into class
-probabilities [B, num_classes].
+divide by 255), and ``infer`` turns a stacked batch [B, C, H, W] into the model's outputs:
+``{"probabilities": [B, num_classes]}`` for a classifier, ``{"va": [B, 2]}`` (valence, arousal
+in [-1, 1]) for a valence/arousal model, both for a multi-task one (``outputs``: the head's
+slices, ``fer_core.outputs``). ``predict`` is the probabilities alone. The calibration
+temperature divides the logits only.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +24,7 @@ import numpy as np
 
 from fer_core.data.images import pil_pixels
 from fer_core.errors import CheckpointError, FerError
+from fer_core.outputs import has_logits, split
 
 ONNX_SUFFIX = ".onnx"
 METADATA_PREFIX = "fer."
@@ -33,12 +37,16 @@ class Predictor(Protocol):
     image_size: int
     channels: int
     temperature: float  # the calibration applied to the logits (1.0: none)
+    outputs: dict[str, int]  # the model's output slices: {"logits": C} and/or {"va": 2}
 
     def info(self) -> dict[str, Any]:
         """What ``GET /info`` reports: classes, recipe name, model format and size."""
 
     def decode(self, data: bytes) -> np.ndarray:
         """Image bytes -> float32 [C, H, W] in [0, 1]; raises on anything that is not an image."""
+
+    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """float32 images [B, C, H, W] -> {"probabilities": [B, num_classes]} and/or {"va": [B, 2]}."""
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """float32 images [B, C, H, W] -> probabilities [B, num_classes] (rows sum to 1)."""
@@ -57,20 +65,49 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def probabilities_of(predictor: Predictor, result: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The class probabilities of an ``infer`` result; a FerError for a model without class outputs."""
+    if "probabilities" not in result:
+        raise FerError(f"'{predictor.name}' predicts valence and arousal only; it has no class probabilities")
+    return result["probabilities"]
+
+
+def outputs_of(predictor: Predictor) -> dict[str, int]:
+    """The predictor's output slices (a predictor that does not say has class logits only)."""
+    return dict(getattr(predictor, "outputs", None) or {"logits": len(predictor.classes)})
+
+
+def infer_function(predictor: Predictor):
+    """``predictor.infer``, or for a predictor with ``predict`` only, its probabilities as an ``infer`` result."""
+    infer = getattr(predictor, "infer", None)
+    return infer if infer is not None else lambda images: {"probabilities": predictor.predict(images)}
+
+
+def rows(result: np.ndarray | Mapping[str, np.ndarray]) -> list:
+    """A batch's ``infer`` result (or probabilities [B, C]) -> one result per image."""
+    if not isinstance(result, Mapping):
+        return list(result)
+    names = list(result)
+    return [dict(zip(names, values)) for values in zip(*(result[name] for name in names))]
+
+
 class TorchPredictor:
-    """A run directory or checkpoint, rebuilt with its recipe (see ``fer_core.inference``)."""
+    """A run directory or checkpoint, rebuilt with its recipe (see ``fer_core.inference``), or a loaded
+    ``fer_core.inference.Trained``."""
 
     format = "pytorch"
 
-    def __init__(self, run_or_checkpoint: str | Path, device: str = "cpu"):
-        from fer_core.inference import load_trained
+    def __init__(self, run_or_checkpoint, device: str = "cpu"):
+        from fer_core.inference import Trained, load_trained
 
-        self.trained = load_trained(run_or_checkpoint, device=device)
+        self.trained = (run_or_checkpoint if isinstance(run_or_checkpoint, Trained)
+                        else load_trained(run_or_checkpoint, device=device))
         self.device = device
         data = self.trained.recipe["data"]
         self.classes, self.name = list(self.trained.classes), self.trained.recipe["name"]
         self.image_size, self.channels = int(data["image_size"]), int(data["channels"])
         self.temperature = self.trained.temperature
+        self.outputs = self.trained.slices
 
     def info(self) -> dict[str, Any]:
         from fer_core.model import count_parameters
@@ -83,12 +120,21 @@ class TorchPredictor:
 
         return decode_image(data, self.image_size, self.channels).numpy()
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
         import torch
 
         with torch.inference_mode():
-            logits, _ = self.trained.model(torch.from_numpy(images).to(self.device))
-            return logits.double().div(self.temperature).softmax(dim=1).cpu().numpy()  # float64: see softmax
+            output, _ = self.trained.model(torch.from_numpy(images).to(self.device))
+            parts = split(output, self.outputs)
+            result = {}
+            if "logits" in parts:  # float64: see softmax
+                result["probabilities"] = parts["logits"].double().div(self.temperature).softmax(dim=1).cpu().numpy()
+            if "va" in parts:
+                result["va"] = parts["va"].float().cpu().numpy()
+            return result
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return probabilities_of(self, self.infer(images))
 
 
 class OnnxPredictor:
@@ -121,7 +167,15 @@ class OnnxPredictor:
         self.classes, self.name = list(self.metadata["classes"]), self.metadata["recipe_name"]
         self.image_size, self.channels = int(self.metadata["image_size"]), int(self.metadata["channels"])
         self.temperature = float(self.metadata.get("temperature", 1.0))  # already divided out in the graph
+        # files of classifiers exported before valence/arousal have one output, the logits
+        self.outputs = {k: int(v) for k, v in (self.metadata.get("outputs") or {"logits": len(self.classes)}).items()}
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if len(self.output_names) == 1 and len(self.outputs) == 1:  # one output, whatever its graph name
+            self.output_names = list(self.outputs)
+        if sorted(self.output_names) != sorted(self.outputs):
+            raise CheckpointError(f"{self.path}: the graph's outputs {self.output_names} are not the ones its "
+                                  f"metadata names ({', '.join(self.outputs)}); export it again with `fer export`")
 
     def info(self) -> dict[str, Any]:
         return _info(self, self.path, parameters=self.metadata.get("parameters"))
@@ -129,14 +183,25 @@ class OnnxPredictor:
     def decode(self, data: bytes) -> np.ndarray:
         return decode_array(data, self.image_size, self.channels)
 
+    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})
+        got = dict(zip(self.output_names, values))
+        result = {}
+        if "logits" in got:
+            result["probabilities"] = softmax(got["logits"])
+        if "va" in got:
+            result["va"] = np.asarray(got["va"], dtype=np.float32)
+        return result
+
     def predict(self, images: np.ndarray) -> np.ndarray:
-        (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})
-        return softmax(logits)
+        return probabilities_of(self, self.infer(images))
 
 
 def _info(predictor, path: Path, parameters: int | None) -> dict[str, Any]:
+    outputs = outputs_of(predictor)
     return {
         "name": predictor.name, "classes": predictor.classes, "format": predictor.format,
+        "outputs": outputs, "classifies": has_logits(outputs), "valence_arousal": "va" in outputs,
         "image_size": predictor.image_size, "channels": predictor.channels,
         "parameters": parameters, "file_bytes": path.stat().st_size, "temperature": predictor.temperature,
         # names only, never the server's paths: the run directory's name and the file's basename
@@ -171,25 +236,36 @@ def read_image_file(predictor: Predictor, path: str | Path) -> np.ndarray:
         raise FerError(f"{path}: not a readable image ({type(exc).__name__})") from None
 
 
-def prediction(classes: Sequence[str], probs: np.ndarray, top_k: int | None = None) -> dict[str, Any]:
-    """One image's result: label, confidence, and all probabilities (or the top k)."""
-    order = np.argsort(-probs, kind="stable")
-    result: dict[str, Any] = {"label": classes[int(order[0])], "confidence": round(float(probs[order[0]]), 6)}
-    if top_k is None:
-        result["probabilities"] = {name: round(float(p), 6) for name, p in zip(classes, probs)}
-    else:
-        result["top_k"] = [{"label": classes[int(i)], "probability": round(float(probs[i]), 6)}
-                           for i in order[:min(top_k, len(classes))]]
+def prediction(classes: Sequence[str], output: np.ndarray | Mapping[str, np.ndarray],
+               top_k: int | None = None) -> dict[str, Any]:
+    """One image's result: label, confidence, and all probabilities (or the top k) when the model classifies;
+    valence and arousal when it has them. ``output``: one row of ``rows`` (or the probabilities alone)."""
+    if not isinstance(output, Mapping):
+        output = {"probabilities": output}
+    result: dict[str, Any] = {}
+    probs = output.get("probabilities")
+    if probs is not None:
+        order = np.argsort(-probs, kind="stable")
+        result.update(label=classes[int(order[0])], confidence=round(float(probs[order[0]]), 6))
+        if top_k is None:
+            result["probabilities"] = {name: round(float(p), 6) for name, p in zip(classes, probs)}
+        else:
+            result["top_k"] = [{"label": classes[int(i)], "probability": round(float(probs[i]), 6)}
+                               for i in order[:min(top_k, len(classes))]]
+    va = output.get("va")
+    if va is not None:
+        result.update(valence=round(float(va[0]), 6), arousal=round(float(va[1]), 6))
     return result
 
 
 def predict_files(predictor: Predictor, paths: Sequence[str | Path], batch_size: int = 64,
                   top_k: int = 3) -> list[dict[str, Any]]:
-    """``fer predict``'s rows for any predictor: image, label, confidence, top-k probabilities."""
-    results = []
+    """``fer predict``'s rows for any predictor: image, label, confidence, top-k probabilities (models that
+    classify), valence and arousal (models that have them)."""
+    infer, results = infer_function(predictor), []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        probs = predictor.predict(np.stack([read_image_file(predictor, path) for path in chunk]))
-        results.extend({"image": str(path), **prediction(predictor.classes, p, top_k)}
-                       for path, p in zip(chunk, probs))
+        outputs = rows(infer(np.stack([read_image_file(predictor, path) for path in chunk])))
+        results.extend({"image": str(path), **prediction(predictor.classes, out, top_k)}
+                       for path, out in zip(chunk, outputs))
     return results

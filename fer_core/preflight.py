@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from fer_core.data.shards import MANIFEST_NAME, read_manifest
-from fer_core.data.sources import check_synth_settings, source_roots
+from fer_core.data.sources import check_synth_settings, missing_va, source_roots
 from fer_core.data.synth import EXPRESSIONS
 from fer_core.dryrun import dry_build
 from fer_core.errors import DataError, FerError
+from fer_core.outputs import AFFECT_TASKS
 from fer_core.registry import Registry
 
 TAR_BLOCK = 512  # each member of a tar shard takes a header block and at least one data block
@@ -35,7 +36,7 @@ def check_data(data: Mapping[str, Any], splits: tuple[str, ...] = ("train",)) ->
     if not data.get("sources") and will_be_drawn(data):
         return None
     if not data.get("sources") and data.get("synth") is not None:
-        check_synth_settings(data["root"], data["synth"])  # as `fer run` does before it reads the set
+        check_synth_settings(data["root"], data["synth"])  # as `fer run` will
     roots = source_roots(data)
     classes = list(data.get("classes") or [])
     for root, _ in roots:
@@ -77,6 +78,10 @@ def check_recipe(recipe: Mapping[str, Any], registry: Registry) -> str:
     """The data, then a dry build of every component; a one-line summary of what was checked."""
     check_files(recipe)
     classes = check_data(recipe["data"])
+    if recipe["task"] in AFFECT_TASKS:
+        lacking = missing_va(recipe["data"])
+        if lacking:
+            raise DataError(lacking)
     drawn = classes is None
     classes = classes or list(recipe["data"].get("classes") or EXPRESSIONS)
     built = dry_build(recipe, registry, classes)

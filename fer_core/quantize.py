@@ -11,7 +11,8 @@ Two modes (``onnxruntime.quantization``):
 ``auto`` picks ``static`` for a graph whose compute is mostly convolutions and ``dynamic``
 otherwise. The quantized file keeps every ``fer.*`` metadata entry of the float file
 and adds ``fer.quantization`` (mode, calibration images), so ``fer predict`` and ``fer serve``
-run it unchanged.
+run it unchanged. Models with valence/arousal outputs quantize the same way; float32 and INT8
+are then compared on valence and arousal CCC and their largest difference as well.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torchmetrics.functional.classification import multiclass_f1_score
+from torchmetrics.functional.regression import concordance_corrcoef
 
 from fer_core.data.sources import make_loader
 from fer_core.errors import FerError
+from fer_core.outputs import has_affect
 from fer_core.predictor import METADATA_PREFIX, OnnxPredictor
 
 MODES = ("auto", "static", "dynamic")
@@ -116,49 +119,76 @@ def images_per_second(predictor: OnnxPredictor, batch_size: int, repeats: int = 
     """Median images/s of ``repeats`` timed forward passes at ``batch_size`` (after one warm-up)."""
     images = np.random.default_rng(0).random(
         (batch_size, predictor.channels, predictor.image_size, predictor.image_size), dtype=np.float32)
-    predictor.predict(images)
+    predictor.infer(images)
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        predictor.predict(images)
+        predictor.infer(images)
         rates.append(batch_size / (time.perf_counter() - start))
     return round(statistics.median(rates), 1)
 
 
-def score(predictors: dict[str, OnnxPredictor], batches: Iterable[tuple[np.ndarray, np.ndarray]],
+def score(predictors: dict[str, OnnxPredictor], batches: Iterable[tuple[np.ndarray, Any]],
           num_classes: int) -> dict[str, dict[str, float]]:
-    """Accuracy and macro F1 of each predictor on labelled batches, and each one's agreement with the first."""
-    labels, predicted = [], {name: [] for name in predictors}
+    """Each predictor's scores on labelled batches, and its agreement with the first predictor.
+
+    Class outputs: accuracy, macro F1 and ``agreement`` (share of equal labels). Valence/arousal
+    outputs (batches whose targets are ``{"label", "va"}``): valence, arousal and mean CCC, and
+    ``va_max_difference`` (largest absolute difference from the first predictor's va).
+    """
+    labels, truth_va = [], []
+    predicted: dict[str, dict[str, list]] = {name: {"label": [], "va": []} for name in predictors}
     for images, targets in batches:
+        if isinstance(targets, Mapping):
+            truth_va.append(targets["va"])
+            targets = targets["label"]
         labels.append(targets)
         for name, predictor in predictors.items():
-            predicted[name].append(predictor.predict(images).argmax(axis=1))
+            result = predictor.infer(images)
+            if "probabilities" in result:
+                predicted[name]["label"].append(result["probabilities"].argmax(axis=1))
+            if "va" in result:
+                predicted[name]["va"].append(result["va"])
     if not labels:
         raise FerError("the evaluation split is empty; nothing to compare the INT8 model on")
     truth = np.concatenate(labels)
-    reference = np.concatenate(next(iter(predicted.values())))
+    reference = {kind: np.concatenate(parts) for kind, parts in next(iter(predicted.values())).items() if parts}
     scores = {}
     for name, parts in predicted.items():
-        guess = np.concatenate(parts)
-        f1 = multiclass_f1_score(torch.from_numpy(guess), torch.from_numpy(truth), num_classes, average="macro")
-        scores[name] = {"accuracy": float((guess == truth).mean()), "f1_macro": float(f1),
-                        "agreement": float((guess == reference).mean())}
+        row: dict[str, float] = {}
+        if parts["label"]:
+            guess = np.concatenate(parts["label"])
+            f1 = multiclass_f1_score(torch.from_numpy(guess), torch.from_numpy(truth), num_classes, average="macro")
+            row.update(accuracy=float((guess == truth).mean()), f1_macro=float(f1),
+                       agreement=float((guess == reference["label"]).mean()))
+        if parts["va"]:
+            va = np.concatenate(parts["va"])
+            row["va_max_difference"] = float(np.abs(va - reference["va"]).max())
+            if truth_va:
+                ccc = concordance_corrcoef(torch.from_numpy(va).double(),
+                                           torch.from_numpy(np.concatenate(truth_va)).double())
+                row.update(valence_ccc=float(ccc[0]), arousal_ccc=float(ccc[1]), ccc_mean=float(ccc.mean()))
+        scores[name] = row
     return scores
 
 
-def labelled_batches(trained, split: str, batch_size: int, limit: int | None = None
-                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(images float32 [B, C, H, W] in [0, 1], class ids [B]) of a run's split, read as evaluation reads them."""
+def labelled_batches(trained, split: str, batch_size: int, limit: int | None = None, va: bool = False
+                     ) -> Iterator[tuple[np.ndarray, Any]]:
+    """(images float32 [B, C, H, W] in [0, 1], class ids [B]) of a run's split, read as evaluation reads them;
+    with ``va`` the targets are ``{"label": class ids [B], "va": float32 [B, 2]}``."""
+    options = {"va": True} if va else {}
     loader = make_loader(trained.recipe["data"], split, trained.classes, batch_size, train=False,
-                         seed=trained.recipe["seed"], num_workers=0)
+                         seed=trained.recipe["seed"], num_workers=0, **options)
     taken = 0
     for images, targets, _ in loader:
         if limit is not None and taken >= limit:
             return
         keep = len(images) if limit is None else min(len(images), limit - taken)
-        hard = targets.argmax(1) if targets.is_floating_point() else targets
         taken += keep
-        yield images[:keep].numpy().astype(np.float32), hard[:keep].numpy()
+        labels = targets["label"] if va else targets
+        hard = (labels.argmax(1) if labels.is_floating_point() else labels)[:keep].numpy()
+        out = {"label": hard, "va": targets["va"][:keep].float().numpy()} if va else hard
+        yield images[:keep].numpy().astype(np.float32), out
 
 
 def calibration_batches(trained, n: int, batch_size: int = 32) -> list[np.ndarray]:
@@ -170,7 +200,8 @@ def compare_models(trained, paths: dict[str, Path], split: str = "test", threads
                    ) -> dict[str, dict[str, float]]:
     """Side by side for each ONNX file: size, images/s at batch 1 and 32, and scores on ``split``."""
     predictors = {name: OnnxPredictor(path, threads=threads) for name, path in paths.items()}
-    scores = score(predictors, labelled_batches(trained, split, 64), len(trained.classes))
+    scores = score(predictors, labelled_batches(trained, split, 64, va=has_affect(trained.slices)),
+                   len(trained.classes))
     return {name: {"file_mb": round(paths[name].stat().st_size / 1e6, 3),
                    "images_per_s_batch1": images_per_second(predictor, 1),
                    "images_per_s_batch32": images_per_second(predictor, 32), **scores[name]}

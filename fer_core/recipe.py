@@ -17,6 +17,7 @@ import yaml
 from fer_core import safe_yaml, schema
 from fer_core.constraints import clip, short
 from fer_core.errors import RecipeError
+from fer_core.outputs import AFFECT_TASKS, task_metrics
 from fer_core.recipes import locate
 from fer_core.registry import Registry, suggest
 from fer_core.schema import Component, ComponentList, Key, Section
@@ -122,6 +123,10 @@ def load_recipe(
     schema.fill_optional(recipe)
     if recipe["task"] == "pretrain" and "head" not in user.get("model", {}):
         del recipe["model"]["head"]  # the default head means nothing to an encoder trained alone
+    if recipe["task"] in AFFECT_TASKS:
+        recipe.setdefault("affect", schema.defaults(schema.SCHEMA["affect"].keys))
+        if "metric" not in user.get("eval", {}) and recipe["task"] == "affect":
+            recipe["eval"]["metric"] = "ccc_mean"  # no accuracy without classes
     validate_semantics(recipe)
     if registry is not None:
         validate_components(recipe, registry)
@@ -182,6 +187,18 @@ def validate_semantics(recipe: Mapping[str, Any]) -> None:
                                   f"remove model.{part}")
         if recipe["model"]["encoder"]["name"] == "identity":
             raise RecipeError("model.encoder: task: pretrain needs an encoder that trains itself (the pretraining protocol of fer_core.pretrain)")
+    if recipe["task"] in AFFECT_TASKS:
+        _check_affect(recipe)
+    elif "affect" in recipe:
+        raise RecipeError(f"affect: only tasks affect and expression+affect use it; remove it or set task "
+                          f"(now {recipe['task']})")
+    computed = task_metrics(recipe["task"])
+    stop = recipe["train"].get("early_stopping") or {}
+    for where, metric in (("eval.metric", recipe["eval"]["metric"]), ("train.early_stopping.metric",
+                                                                      stop.get("metric"))):
+        if metric is not None and recipe["task"] != "pretrain" and metric not in computed:
+            raise RecipeError(f"{where}: task {recipe['task']} does not compute {metric}; pick one of "
+                              f"{', '.join(computed)}")
     if "root" not in data and "sources" not in data:
         raise RecipeError("data.root: missing; point it at a directory made by `fer data pack` or `fer data synth`")
     for i, source in enumerate(data.get("sources") or []):
@@ -197,6 +214,16 @@ def validate_semantics(recipe: Mapping[str, Any]) -> None:
         raise RecipeError("data.classes: each class name may appear once")
 
 
+def _check_affect(recipe: Mapping[str, Any]) -> None:
+    if "backbone" not in recipe["model"]:
+        raise RecipeError(f"model.backbone: missing; task {recipe['task']} needs a backbone")
+    if recipe["augment"]["batch"]:
+        raise RecipeError(f"augment.batch: batch augments (mixup, cutmix) mix class targets only; task "
+                          f"{recipe['task']} cannot mix valence/arousal with them: remove augment.batch")
+    if recipe["data"]["soft_labels"] and recipe["task"] == "affect":
+        raise RecipeError("data.soft_labels: task affect has no classes to soften; remove it")
+
+
 SOURCE_ROOT = Key((str,), "a packed data set's directory", pattern=r"(?s).+")
 SOURCE_WEIGHT = schema.number(1.0, "its sampling weight", 0, 1e6, lo_open=True)
 
@@ -206,8 +233,10 @@ def validate_components(recipe: Mapping[str, Any], registry: Registry) -> None:
     for kind in ("encoder", "backbone", "head"):
         if kind in model:
             registry.check_params(kind, model[kind], f"model.{kind}")
-    if recipe["task"] == "classify":
+    if recipe["task"] in ("classify", "expression+affect"):
         registry.check_params("loss", recipe["loss"], "loss")
+    if recipe["task"] in AFFECT_TASKS:
+        registry.check_params("loss", recipe["affect"]["loss"], "affect.loss")
     for stage in ("sample", "batch"):
         for i, spec in enumerate(recipe["augment"][stage]):
             registry.check_params("augment", spec, f"augment.{stage}[{i}]")

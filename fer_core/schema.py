@@ -15,10 +15,11 @@ from typing import Any
 
 from fer_core.constraints import OneOf, Range, is_number, short
 from fer_core.errors import RecipeError
+from fer_core.outputs import CLASSIFICATION_METRICS, FLAT_AFFECT_METRICS
 from fer_core.registry import suggest
 
 MISSING: Any = object()  # no default: the key is absent unless the recipe sets it
-METRICS = ("accuracy", "f1_macro", "f1_weighted", "loss")
+METRICS = CLASSIFICATION_METRICS + ("loss",) + FLAT_AFFECT_METRICS  # which ones a task computes: outputs.task_metrics
 SEED = Range(0, 2**32 - 1)
 WORDS = {int: "an integer", float: "a number", bool: "true/false", str: "a string", list: "a list"}
 
@@ -146,8 +147,10 @@ SCHEMA: dict[str, Any] = {
     "extends": Key((str, list), "recipe file(s) this one builds on, relative to it (see Layering)",
                    items=Key((str,), "a recipe file", pattern=r"(?s).+")),
     "seed": integer(0, 0, 2**32 - 1, "seeds Python, NumPy and PyTorch; the same seed and data give the same run"),
-    "task": choice("classify", ("classify", "pretrain"),
-                   "`classify` trains encoder -> backbone -> head on labels; `pretrain` trains the encoder alone"),
+    "task": choice("classify", ("classify", "pretrain", "affect", "expression+affect"),
+                   "`classify` trains encoder -> backbone -> head on labels; `pretrain` trains the encoder alone; "
+                   "`affect` regresses valence and arousal (head `va`); `expression+affect` does both on one "
+                   "backbone (head `multitask`)"),
     "data": Section({
         "root": Key((str,), "directory made by `fer data pack` or `fer data synth` (holds dataset.json)",
                     pattern=r"(?s).+"),
@@ -176,7 +179,8 @@ SCHEMA: dict[str, Any] = {
             "n": integer(2100, 10, BIG, "number of synthetic faces (70/15/15 train/val/test)"),
             "size": integer(48, 8, 1024, "their size in pixels"),
             "seed": integer(0, 0, 2**32 - 1, "the drawing's seed"),
-        }, "draw a synthetic data set into data.root when it is missing", optional=True),
+        }, "draw a synthetic data set into data.root when it is missing or was drawn by an older fer-core",
+            optional=True),
     }, "where the images come from and how they are read"),
     "model": Section({
         "encoder": Component("encoder", "images -> images or latent tokens; frozen by default",
@@ -185,7 +189,15 @@ SCHEMA: dict[str, Any] = {
                               "task: classify"),
         "head": Component("head", "features -> logits [B, num_classes]", {"name": "linear"}),
     }, "the network: encoder -> backbone -> head; each part is a component (see `fer plugins`)"),
-    "loss": Component("loss", "logits and targets -> a scalar loss", {"name": "cross_entropy"}),
+    "loss": Component("loss", "logits and class targets -> a scalar loss (the expression loss of "
+                      "`expression+affect`)", {"name": "cross_entropy"}),
+    "affect": Section({
+        "loss": Component("loss", "valence/arousal [B, 2] against their targets -> a scalar loss (a loss with "
+                          "target 'va': ccc, mse, ccc_mse)", {"name": "ccc_mse"}),
+        "weight": number(1.0, "weight of the valence/arousal loss in the total", 0, 1000),
+        "expression_weight": number(1.0, "weight of the expression loss (`expression+affect`)", 0, 1000),
+    }, "valence/arousal training (tasks affect and expression+affect); defaults apply when left out",
+        optional=True),
     "augment": Section({
         "sample": ComponentList("augment", "per-image augments, run in the loader workers"),
         "batch": ComponentList("augment", "per-batch augments (mixup, cutmix...), run on the device"),
@@ -240,7 +252,9 @@ SCHEMA: dict[str, Any] = {
     }, "the training loop"),
     "eval": Section({
         "batch_size": integer(256, 1, 65_536, "evaluation batch size"),
-        "metric": choice("accuracy", METRICS, "the validation metric that picks best.pt"),
+        "metric": choice("accuracy", METRICS, "the validation metric that picks best.pt (one the task computes: "
+                         "classification metrics, valence_ccc ... ccc_mean, rmse_mean, loss); default: accuracy, "
+                         "ccc_mean for task affect"),
         "tta": choice(None, (None, "flip"), "test-time augmentation: null or flip (average with the mirror image)"),
     }, "evaluation"),
     "output": Section({

@@ -1,6 +1,8 @@
 """The comparison a study writes: results.json, results.md, results.csv, a plot and a rich table.
 
 Functions take a ``fer_core.study.Study`` (this module does not import it: study.py imports this one).
+Classification columns appear when a run has them (or none has valence/arousal scores), valence/arousal
+columns (CCC per dimension, their mean, RMSE) when a run has them; a run's missing cells are "-".
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ from fer_core.run_status import run_state, status_text, study_status
 FRACTION_KEY = "data.train_fraction"  # the grid key plotted as the x axis
 
 # (row key, column title, format) in table order, after the approach and the grid values
-COLUMNS = (
+CLASS_COLUMNS = (
     ("accuracy", "test acc", "{:.4f}"),
     ("f1_macro", "macro F1", "{:.4f}"),
     ("f1_weighted", "weighted F1", "{:.4f}"),
+)
+AFFECT_COLUMNS = (
+    ("valence_ccc", "valence CCC", "{:.4f}"),
+    ("arousal_ccc", "arousal CCC", "{:.4f}"),
+    ("ccc_mean", "CCC mean", "{:.4f}"),
+    ("valence_rmse", "valence RMSE", "{:.4f}"),
+    ("arousal_rmse", "arousal RMSE", "{:.4f}"),
+)
+OTHER_COLUMNS = (
     ("train_time_s", "train s", "{:.1f}"),
     ("inference_images_per_s", "infer img/s", "{:.0f}"),
     ("peak_memory_mb", "peak MB", "{:.0f}"),
@@ -27,6 +38,22 @@ COLUMNS = (
     ("trainable_parameters", "trainable", "{:,}"),
     ("trainable_percent", "trainable %", "{:.1f}"),
 )
+COLUMNS = CLASS_COLUMNS + AFFECT_COLUMNS + OTHER_COLUMNS
+TITLES = {"accuracy": "test accuracy", "f1_macro": "test macro F1", "f1_weighted": "test weighted F1",
+          "ccc_mean": "test CCC mean (valence, arousal)", "valence_ccc": "test valence CCC",
+          "arousal_ccc": "test arousal CCC"}
+
+
+def columns(rows: list[dict[str, Any]]) -> tuple:
+    """The columns of the rows: the classification and the valence/arousal groups that some run has."""
+    affect = any(key in row for row in rows for key, _, _ in AFFECT_COLUMNS)
+    classes = any(key in row for row in rows for key, _, _ in CLASS_COLUMNS) or not affect
+    return (CLASS_COLUMNS if classes else ()) + (AFFECT_COLUMNS if affect else ()) + OTHER_COLUMNS
+
+
+def _scored(row: dict[str, Any]) -> bool:
+    """A finished run with test scores (pretraining runs have none)."""
+    return row["status"] == "finished" and any(key in row for key in ("accuracy", "ccc_mean"))
 
 
 def result_row(study, run, record: dict[str, Any]) -> dict[str, Any]:
@@ -64,30 +91,31 @@ def write_results(study, records: dict[str, dict], console=None) -> list[dict[st
     return rows
 
 
-def _cells(study, row: dict[str, Any]) -> list[str]:
+def _cells(study, row: dict[str, Any], shown: tuple) -> list[str]:
     cells = [row["label"], *(_value(row.get(key)) for key in study.grid)]
-    if row["status"] != "finished" or "accuracy" not in row:
+    if not _scored(row):
         note = status_text(study_status(row), row.get("epochs"), row.get("planned_epochs"), row.get("error"))
-        return cells + [note] + [""] * len(COLUMNS)
-    return cells + [row["status"]] + [fmt.format(row[key]) for key, _, fmt in COLUMNS]
+        return cells + [note] + [""] * len(shown)
+    return cells + [row["status"]] + [fmt.format(row[key]) if key in row else "-" for key, _, fmt in shown]
 
 
 def _value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _titles(study) -> list[str]:
-    return ["approach", *(key.split(".")[-1] for key in study.grid), "status", *(title for _, title, _ in COLUMNS)]
+def _titles(study, shown: tuple) -> list[str]:
+    return ["approach", *(key.split(".")[-1] for key in study.grid), "status", *(title for _, title, _ in shown)]
 
 
 def markdown_table(study, rows: list[dict[str, Any]], plot: Path | None) -> str:
-    titles = _titles(study)
+    shown = columns(rows)
+    titles = _titles(study, shown)
     lines = [f"# Study {study.name}", ""]
     if study.description:
         lines += [study.description.strip(), ""]
-    aligns = ["---"] * (2 + len(study.grid)) + ["---:"] * len(COLUMNS)
+    aligns = ["---"] * (2 + len(study.grid)) + ["---:"] * len(shown)
     lines += ["| " + " | ".join(titles) + " |", "|" + "|".join(aligns) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(study, row)) + " |" for row in rows]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(study, row, shown)) + " |" for row in rows]
     lines += ["", "Test metrics on each run's test split; training time in seconds; inference throughput of a "
                   "forward pass on one evaluation batch; trainable % = trainable / total parameters."]
     if any(row.get("inference_input") == "latents" for row in rows):
@@ -98,7 +126,7 @@ def markdown_table(study, rows: list[dict[str, Any]], plot: Path | None) -> str:
 
 
 def csv_text(study, rows: list[dict[str, Any]]) -> str:
-    fields = ["id", "label", *study.grid, "recipe", "status", *(key for key, _, _ in COLUMNS), "epochs",
+    fields = ["id", "label", *study.grid, "recipe", "status", *(key for key, _, _ in columns(rows)), "epochs",
               "inference_input", "run_dir", "error"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
@@ -113,10 +141,11 @@ def rich_table(study, rows: list[dict[str, Any]]):
     from rich.table import Table
 
     table = Table(title=f"study {study.name}: {len(rows)} runs")
-    for i, title in enumerate(_titles(study)):
+    shown = columns(rows)
+    for i, title in enumerate(_titles(study, shown)):
         table.add_column(title, justify="left" if i <= len(study.grid) + 1 else "right")
     for row in rows:
-        cells = [escape(c) for c in _cells(study, row)]
+        cells = [escape(c) for c in _cells(study, row, shown)]
         if row["status"] != "finished":
             cells[len(study.grid) + 1] = f"[red]{cells[len(study.grid) + 1]}[/]"
         table.add_row(*cells)
@@ -134,7 +163,7 @@ def plot_results(study, rows: list[dict[str, Any]], out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     metric = study.metric
-    title = {"accuracy": "test accuracy", "f1_macro": "test macro F1", "f1_weighted": "test weighted F1"}[metric]
+    title = TITLES.get(metric, f"test {metric}")
     others = [key for key in study.grid if key != FRACTION_KEY]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     if FRACTION_KEY in study.grid:
@@ -158,7 +187,8 @@ def plot_results(study, rows: list[dict[str, Any]], out: Path) -> Path | None:
         ax.bar_label(bars, fmt="%.3f", fontsize=8)
         ax.set_xticks(range(len(done)), names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(title)
-    ax.set_ylim(0, min(1.02, 0.05 + 1.15 * max(row[metric] for row in done)))
+    low = min(0.0, min(row[metric] for row in done))  # a CCC may be negative
+    ax.set_ylim(low, min(1.02, 0.05 + 1.15 * max(row[metric] for row in done)))
     ax.grid(alpha=0.3)
     ax.set_title(f"study {study.name}: {title}")
     fig.tight_layout()

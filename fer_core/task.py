@@ -33,7 +33,8 @@ class Batch:
     """One training or evaluation batch as the loader delivers it, on the run's device."""
 
     inputs: torch.Tensor  # images [B, C, H, W] in [0, 1], or cached latents [B, T, D]
-    targets: torch.Tensor  # class ids [B] or soft targets [B, C]
+    # class ids [B] or soft targets [B, C]; affect tasks: {"label": those, "va": valence/arousal [B, 2]}
+    targets: torch.Tensor | dict[str, torch.Tensor]
     keys: list[str]  # sample keys (``__key__`` of the shards)
 
 

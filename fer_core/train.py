@@ -29,6 +29,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from timm.utils import ModelEmaV3
 
 from fer_core import __version__, distributed
+from fer_core.affect import AffectTask
 from fer_core.classify import ClassificationTask
 from fer_core.compiled import CompiledOrEager
 from fer_core.data.shards import read_manifest
@@ -43,7 +44,8 @@ from fer_core.runs import (CHECKPOINT_KEYS, MetricsLog, load_checkpoint, new_run
                            save_epoch_checkpoints, set_rng_state, write_json, write_text)
 from fer_core.task import Batch, Setup, Task
 
-TASKS: dict[str, type[Task]] = {"classify": ClassificationTask, "pretrain": PretrainTask}
+TASKS: dict[str, type[Task]] = {"classify": ClassificationTask, "pretrain": PretrainTask,
+                                "affect": AffectTask, "expression+affect": AffectTask}
 
 
 class NonFiniteLoss(FerError):

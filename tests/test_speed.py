@@ -149,7 +149,7 @@ data: {{root: {root}, image_size: 16, channels: 3, num_workers: {workers}, shuff
         persistent_workers: {persistent}}}
 model:
   backbone: {{name: {backbone}}}
-  head: {{name: linear}}
+  head: {{name: linear, dropout: 0.3}}
 augment: {{sample: [{{name: hflip}}]}}
 optim: {{name: adamw, lr: 1.0e-2}}
 schedule: {{name: none}}

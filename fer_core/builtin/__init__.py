@@ -35,12 +35,20 @@ def register_backbones(register):
 def register_heads(register):
     register("linear", "fer_core.builtin.heads:build_linear", summary="dropout + linear layer")
     register("mlp", "fer_core.builtin.heads:build_mlp", summary="two-layer MLP with GELU and dropout")
+    register("va", "fer_core.builtin.heads:build_va", summary="valence and arousal [B, 2], tanh-bounded (task: affect)")
+    register("multitask", "fer_core.builtin.heads:build_multitask",
+             summary="expression logits and valence/arousal on shared features (task: expression+affect)")
 
 
 @hookimpl
 def register_losses(register):
     register("cross_entropy", "fer_core.builtin.losses:build_cross_entropy", aliases=("ce",),
              summary="cross-entropy with label smoothing, class weights and soft targets")
+    register("ccc", "fer_core.builtin.affect_losses:build_ccc",
+             summary="1 - concordance correlation of valence and arousal (affect tasks)")
+    register("mse", "fer_core.builtin.affect_losses:build_mse", summary="mean squared error of valence and arousal")
+    register("ccc_mse", "fer_core.builtin.affect_losses:build_ccc_mse",
+             summary="(1 - CCC) + mse_weight * MSE of valence and arousal")
 
 
 @hookimpl

@@ -176,7 +176,8 @@ def encode(shard_dir: Path, out_dir: Path | None, encoder: str, checkpoint: str 
 @click.argument("dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(dir: Path, as_json: bool) -> None:
-    """Describe the data set in DIR: splits, shards, samples per class, bytes, source format, per-sample attributes."""
+    """Describe the data set in DIR: splits, shards, samples per class, bytes, source format, per-sample
+    attributes, valence/arousal (ranges and histograms)."""
     from fer_core.data.pack import dataset_summary, summary_table
 
     summary = dataset_summary(dir)
@@ -193,6 +194,10 @@ def info(dir: Path, as_json: bool) -> None:
         from fer_core.data.meta import meta_table
 
         console.print(meta_table(summary["meta"]))
+    if any("va" in entry for entry in summary["splits"].values()):
+        from fer_core.data.va import va_table
+
+        console.print(va_table(summary["splits"]))
     console.print(f"seed {summary['seed']}, {summary['created_by']}")
     if summary.get("latent"):
         from fer_core.data.latents import describe

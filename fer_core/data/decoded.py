@@ -40,8 +40,11 @@ class DecodedCache:
         return self.shards.get((str(source.root), source.split, shard))
 
     def fill(self, stream: ShardStream, workers: int) -> None:
+        # its own generator: filling happens at the first epoch a process reads, so drawing the workers'
+        # seeds from the global RNG would shift a resumed run's random numbers against the straight run's
         reader = DataLoader(_ShardDecoder(stream, self.keys, self.image_keys), batch_size=None,
-                            collate_fn=_as_is, num_workers=min(workers, len(self.keys)))
+                            collate_fn=_as_is, num_workers=min(workers, len(self.keys)),
+                            generator=torch.Generator().manual_seed(0))
         for (i, s), items, pixels in reader:
             for sample, _, _ in items:
                 if isinstance(sample, dict) and isinstance(sample[PIXELS], int):

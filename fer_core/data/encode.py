@@ -3,10 +3,11 @@
     encode_dataset("data/fer2013", None, {"name": "psp", "checkpoint": "pretrained/psp_ffhq_encode.pt"})
 
 For each source shard, a latent shard of the same name holds the same samples in the same
-order: ``__key__``, ``cls``, ``latent.npy`` (float16 [T, D]) and the extra fields (votes...),
-no image. The manifest is the source's with the counts of what was written and a ``latent``
-section (``fer_core.data.latents``); it is written last, so a directory with a manifest is
-complete. Images decode (exactly as the training loader decodes them) in DataLoader workers
+order: ``__key__``, ``cls``, ``latent.npy`` (float16 [T, D]) and the extra fields (votes,
+``va.json``...), no image. The manifest is the source's (its ``extras`` too) with the counts of
+what was written, each split's ``va`` summary of what was written when the source has
+valence/arousal, and a ``latent`` section (``fer_core.data.latents``); it is written last, so a
+directory with a manifest is complete. Images decode (exactly as the training loader decodes them) in DataLoader workers
 while the encoder runs in the main process.
 
 Resuming: a shard is written under a temporary name, renamed when complete and recorded in
@@ -36,6 +37,7 @@ from fer_core.data.latents import (default_latent_dir, describe, key_of, latent_
                                    same_key, uncacheable_reason)
 from fer_core.data.loader import IMAGE_KEYS, _read_shard, decode_image
 from fer_core.data.shards import MANIFEST_NAME, SHARD_RE, read_manifest, write_manifest
+from fer_core.data.va import VA_FIELD, VaStats, has_va, parse_va
 from fer_core.errors import DataError, FerError
 
 PROGRESS_NAME = ".encode-progress.json"
@@ -235,6 +237,12 @@ def _latent_manifest(source: dict, state: dict, latent: dict, out_dir: Path) -> 
                          "class_counts": dict(zip(classes, per_class)),
                          "bytes": sum(s["bytes"] for s in stats),
                          "shard_class_counts": [list(s["class_counts"]) for s in stats]}
+        if has_va(source):  # what was written (unreadable images are left out)
+            va = VaStats()
+            for s in stats:
+                if s.get("va"):
+                    va.merge(VaStats.from_state(s["va"]))
+            splits[split]["va"] = va.summary()
     corrupt = sum(s["corrupt"] for s in state["shards"].values())
     dropped = dict(source.get("dropped") or {})
     if corrupt:
@@ -306,6 +314,7 @@ class _LatentShard:
         self.path, self.tmp = out_dir / name, out_dir / f".{name}.partial"
         self.tar = TarWriter(str(self.tmp), encoder=False, mtime=0, user="fer", group="fer")
         self.count, self.class_counts = 0, [0] * num_classes
+        self.va = VaStats()
 
     def write(self, key: str, label: int, latent: np.ndarray, extras: dict) -> None:
         buffer = io.BytesIO()
@@ -314,12 +323,15 @@ class _LatentShard:
                         **extras})
         self.count += 1
         self.class_counts[label] += 1
+        va = parse_va(extras.get(VA_FIELD))
+        if va is not None:
+            self.va.add(va)
 
     def finish(self, corrupt: int) -> dict:
         self.tar.close()
         os.replace(self.tmp, self.path)
         return {"count": self.count, "class_counts": self.class_counts, "bytes": self.path.stat().st_size,
-                "corrupt": corrupt}
+                "corrupt": corrupt, "va": self.va.state()}
 
 
 def _encode_shards(module, shard_dir, out_dir, shards, todo, state, num_classes, batch_size, device, image_size,

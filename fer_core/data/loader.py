@@ -42,6 +42,7 @@ from fer_core.data.images import pil_pixels
 from fer_core.data.mixture import PassStream, interleave, shares, slot_range, stable_seed
 from fer_core.data.prefetch import pinned
 from fer_core.data.tarstream import tar_samples
+from fer_core.data.va import VA_FIELD, parse_va
 from fer_core.errors import DataError
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp")
@@ -151,7 +152,12 @@ def _compressed(path: Path) -> bool:
 
 @dataclass
 class Decoder:
-    """Turns a raw sample into (input tensor, target, key); picklable for workers."""
+    """Turns a raw sample into (input tensor, target, key); picklable for workers.
+
+    With ``va`` the target is ``{"label": class target, "va": (valence, arousal)}`` and batches
+    carry ``{"label": ..., "va": float32 [B, 2]}``; a sample without an annotated ``va.json``
+    raises (the stream skips it as a corrupt sample).
+    """
 
     image_size: int
     channels: int
@@ -159,15 +165,16 @@ class Decoder:
     soft_labels: bool = False
     latent: bool = False
     classes: tuple[str, ...] = ()
+    va: bool = False
 
-    def __call__(self, sample: dict, label: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, sample: dict, label: int) -> tuple[torch.Tensor, torch.Tensor | dict]:
         if self.latent:
             array = np.load(io.BytesIO(sample["latent.npy"]))
             inputs = torch.from_numpy(array.astype(np.float32))
         else:
             inputs = pixels_to_tensor(self.pixels(sample))
         target = self.target(sample, label)
-        return inputs, target if isinstance(target, torch.Tensor) else torch.tensor(target)
+        return inputs, target if isinstance(target, (torch.Tensor, dict)) else torch.tensor(target)
 
     def pixels(self, sample: dict) -> np.ndarray:
         """The sample's image as uint8 [size, size, channels]; ``pixels_to_tensor`` makes it an input."""
@@ -178,7 +185,17 @@ class Decoder:
             return pixels
         return decode_pixels(_image_bytes(sample), self.image_size, self.channels)
 
-    def target(self, sample: dict, label: int) -> int | torch.Tensor:
+    def target(self, sample: dict, label: int) -> int | torch.Tensor | dict:
+        """The class id, or with ``soft_labels`` the normalised votes [C] (one-hot when there are none);
+        with ``va`` that as ``label`` beside the sample's ``va``."""
+        if self.va:
+            va = parse_va(sample.get(VA_FIELD))
+            if va is None:
+                raise DataError(f"sample {sample.get('__key__')} has no annotated valence/arousal ({VA_FIELD})")
+            return {"label": self.class_target(sample, label), "va": va}
+        return self.class_target(sample, label)
+
+    def class_target(self, sample: dict, label: int) -> int | torch.Tensor:
         """The class id, or with ``soft_labels`` the normalised votes [C] (one-hot when there are none)."""
         if self.soft_labels and "votes.json" in sample:
             votes = json.loads(sample["votes.json"])
@@ -322,8 +339,10 @@ class ShardStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         slot_seed = stable_seed(self.seed, self.epoch, self.rank, worker)
         rng = random.Random(slot_seed)
-        if info is not None:
+        if info is not None:  # every RNG an augment may draw from, seeded per slot and epoch (persistent workers too)
             torch.manual_seed(slot_seed)
+            random.seed(slot_seed)
+            np.random.seed(slot_seed)
         parts = []
         for source, stream, draws in zip(self.sources, self.streams, self.draws):
             a, b = slot_range(draws, self.rank, self.world, worker, workers)
@@ -442,13 +461,23 @@ def _collate(inputs, targets, keys, corrupt) -> dict:
     if not inputs:
         return {"inputs": None, "targets": None, "keys": keys, "corrupt": corrupt}
     uint8 = isinstance(inputs[0], np.ndarray)  # decoded images, converted once per batch by EpochLoader
-    hard = not isinstance(targets[0], torch.Tensor)  # class ids
+    if isinstance(targets[0], dict):  # affect: {"label": [B] or [B, C], "va": float32 [B, 2]}
+        targets = {"label": _labels([t["label"] for t in targets]),
+                   "va": torch.tensor([t["va"] for t in targets], dtype=torch.float32)}
+    else:
+        targets = _labels(targets)
     return {
         "inputs": torch.from_numpy(np.stack(inputs)) if uint8 else torch.stack(inputs),
-        "targets": torch.tensor(targets, dtype=torch.int64) if hard else torch.stack(targets),
+        "targets": targets,
         "keys": keys,
         "corrupt": corrupt,
     }
+
+
+def _labels(targets: list) -> torch.Tensor:
+    """Class ids -> int64 [B]; soft targets (or 0-d id tensors) stacked."""
+    hard = not isinstance(targets[0], torch.Tensor)
+    return torch.tensor(targets, dtype=torch.int64) if hard else torch.stack(targets)
 
 
 class EpochLoader:
@@ -497,8 +526,12 @@ class EpochLoader:
         if self._loader is not None:
             return self._loader
         persistent = self.persistent_workers and self.num_workers > 0
+        # persistent workers start once per process: their DataLoader draws its seed from its own generator,
+        # not from the global RNG, or a resumed run's random numbers would be shifted against the straight run's
+        generator = torch.Generator().manual_seed(stable_seed(self.stream.seed, self.stream.rank)) if persistent else None
         loader = DataLoader(self.stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
-                            persistent_workers=persistent, prefetch_factor=4 if self.num_workers else None)
+                            persistent_workers=persistent, prefetch_factor=4 if self.num_workers else None,
+                            generator=generator)
         if persistent:
             self._loader = loader
         return loader
@@ -553,8 +586,9 @@ class EpochLoader:
             yield batch
 
 
-def _delivered(batch: dict) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(inputs, targets, keys) with uint8 pixel batches [B, H, W, C] made float [B, C, H, W] in [0, 1]."""
+def _delivered(batch: dict) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor], list[str]]:
+    """(inputs, targets, keys) with uint8 pixel batches [B, H, W, C] made float [B, C, H, W] in [0, 1];
+    targets are a tensor, or with valence/arousal ``{"label": ..., "va": [B, 2]}``."""
     inputs = batch["inputs"]
     return pixels_to_tensor(inputs) if inputs.dtype == torch.uint8 else inputs, batch["targets"], batch["keys"]
 
@@ -568,16 +602,24 @@ def _merge(batches: list[dict]) -> dict | None:
     batches = [b for b in batches if b is not None and b["inputs"] is not None]
     if not batches:
         return None
+    targets = [b["targets"] for b in batches]
     return {
         "inputs": torch.cat([b["inputs"] for b in batches]),
-        "targets": torch.cat([b["targets"] for b in batches]),
+        "targets": ({k: torch.cat([t[k] for t in targets]) for k in targets[0]} if isinstance(targets[0], dict)
+                    else torch.cat(targets)),
         "keys": [k for b in batches for k in b["keys"]],
         "corrupt": [],
     }
 
 
 def _split(batch: dict, size: int) -> tuple[dict, dict | None]:
-    head = {k: batch[k][:size] for k in ("inputs", "targets", "keys")}
-    rest = {k: batch[k][size:] for k in ("inputs", "targets", "keys")}
+    head = {k: batch[k][:size] for k in ("inputs", "keys")}
+    rest = {k: batch[k][size:] for k in ("inputs", "keys")}
+    targets = batch["targets"]
+    if isinstance(targets, dict):
+        head["targets"] = {k: t[:size] for k, t in targets.items()}
+        rest["targets"] = {k: t[size:] for k, t in targets.items()}
+    else:
+        head["targets"], rest["targets"] = targets[:size], targets[size:]
     head["corrupt"] = rest["corrupt"] = []
     return head, (rest if len(rest["keys"]) else None)

@@ -31,6 +31,7 @@ from fer_core.data.formats.base import SPLITS, Dropped, EncodedImage, SkipSample
 from fer_core.data.meta import META_FIELD, Field, MetaSummary, encode_meta
 from fer_core.data.shards import (DEFAULT_SHARD_SIZE, MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, SHARD_RE,
                                   SplitWriter, read_manifest, write_manifest)
+from fer_core.data.va import VA_EXTRA, VA_FIELD, VaStats, encode_va, parse_va
 from fer_core.errors import DataError, FerError
 
 DEFAULT_VAL_SPLIT = 0.1
@@ -98,13 +99,14 @@ def make_synth_dataset(out_dir: str | os.PathLike, n: int = 2100, size: int = 48
         for index, face in enumerate(synth.synthesize_faces(n=n, size=size, seed=seed, skin_shares=shares)):
             encoded = encode_png(_image_from_array(face.pixels))
             samples.append(SourceSample(f"synth-{index:06d}", face.label, None, _constant(encoded),
-                                        meta=face.attributes))
+                                        extras={VA_FIELD: encode_va(*face.va)}, meta=face.attributes))
             bar.advance(task)
     splits, _ = assign_splits(samples, SYNTH_SPLITS["val"], SYNTH_SPLITS["test"], seed)
-    write_dataset(out_dir, splits, source_format="synth", extras=[], dropped=Counter(), seed=seed,
+    settings = {"version": synth.VERSION, "va_noise": synth.VA_NOISE,
+                **({"skin_tone_shares": dict(zip(synth.SKIN_TONES, shares))} if shares else {})}
+    write_dataset(out_dir, splits, source_format="synth", extras=[VA_EXTRA], dropped=Counter(), seed=seed,
                   shard_size=shard_size, workers=1, progress=progress, console=console, clear=True,
-                  meta_fields=synth.META,
-                  synth_settings={"skin_tone_shares": dict(zip(synth.SKIN_TONES, shares))} if shares else None)
+                  meta_fields=synth.META, synth_settings=settings)
     return out_dir
 
 
@@ -171,7 +173,10 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
 
     ``faces`` detects, aligns and crops each image (``fer data pack --detect``); ``meta_fields``
     declares the samples' ``meta`` values (stored as ``meta.json``, summarised under the
-    manifest's ``meta``); ``synth_settings`` go into the manifest as ``synth``.
+    manifest's ``meta``); ``synth_settings`` go into the manifest as ``synth``. A sample's
+    ``va.json`` (``fer_core.data.va``) is kept when it holds an annotated valence and arousal,
+    else left out (the sample stays); each split entry then gets a ``va`` summary, and the
+    manifest lists ``va`` in ``extras`` when any sample kept one.
     """
     from fer_core import __version__
 
@@ -184,6 +189,8 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
     channels, sizes, entries = set(), set(), {}
     meta_fields = meta_fields or {}
     meta_summary = MetaSummary(meta_fields)
+    va_stats = {split: VaStats() for split in splits}
+    va_left_out = 0
     with _progress_bar(console, progress) as bar:
         for split, samples in splits.items():
             task = bar.add_task(f"writing {split}", total=len(samples))
@@ -196,6 +203,13 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
                         listing.append((sample.key, image))
                     else:
                         fields = {image.ext: image.data, **sample.extras}
+                        if VA_FIELD in fields:  # not annotated (AffectNet's -2) or malformed: no va
+                            va = parse_va(fields[VA_FIELD])
+                            if va is None:
+                                del fields[VA_FIELD]
+                                va_left_out += 1
+                            else:
+                                va_stats[split].add(va)
                         if sample.meta:
                             fields[META_FIELD] = encode_meta(meta_fields, sample.meta)
                         writer.write(sample.key, sample.label, fields)
@@ -204,6 +218,14 @@ def write_dataset(out_dir: Path, splits: dict[str, list[SourceSample]], *, sourc
                         sizes.add(image.size)
                     bar.advance(task)
             entries[split] = writer.entry
+    with_va = any(stats.count for stats in va_stats.values())
+    if with_va:
+        for split, entry in entries.items():
+            entry["va"] = va_stats[split].summary()
+    extras = [e for e in extras if e != VA_EXTRA] + ([VA_EXTRA] if with_va else [])
+    if va_left_out:
+        console.print(f"[yellow]note:[/] {va_left_out} samples have no annotated valence/arousal (outside [-1, 1]); "
+                      f"they are kept for their class, and affect tasks skip them", highlight=False)
     if not any(entry["count"] for entry in entries.values()):
         _clear_out_dir(out_dir)
         raise DataError(f"no image could be read{_dropped_note(dropped)}; check that the images are where "

@@ -7,15 +7,17 @@ A data set directory holds ``<split>-<6-digit index>.tar`` shards and ``dataset.
      "image": {"channels": 1, "size": [48, 48]},  # size is null when images vary
      "splits": {"train": {"shards": [...], "shard_counts": [...], "count": N,
                           "class_counts": {...}, "bytes": B,
-                          "shard_class_counts": [[n per class index] per shard]}, ...},
-     "extras": ["votes", "meta"], "dropped": {"corrupt_image": 0, ...},
+                          "shard_class_counts": [[n per class index] per shard],
+                          "va": {"count": N, "valence": {...}, "arousal": {...}}}, ...},  # optional
+     "extras": ["votes", "va", "meta"], "dropped": {"corrupt_image": 0, ...},
      "meta": {"gender": {"kind": "category", "values": [...], "splits": {...}}, ...},  # optional
      "seed": 0, "created_by": "fer-core 0.1.0"}
 
 A sample is ``__key__`` (unique, no dots), the image bytes under ``png`` or ``jpg``, ``cls``
-(class index as ASCII text) and optional extra fields (``votes.json``, ``va.json``,
-``meta.json`` with per-sample attributes described by the manifest's ``meta``, see
-``fer_core.data.meta``; ``latent.npy``...).
+(class index as ASCII text) and optional extra fields (``votes.json``, ``va.json`` with
+valence and arousal summarised by each split's ``va``, see ``fer_core.data.va``; ``meta.json``
+with per-sample attributes described by the manifest's ``meta``, see ``fer_core.data.meta``;
+``latent.npy``...).
 """
 
 from __future__ import annotations

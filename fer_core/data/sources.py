@@ -8,25 +8,37 @@ from typing import Any
 
 import torch
 
+from fer_core.data import synth
 from fer_core.data.loader import Decoder, EpochLoader, ShardStream, SourceSplit
 from fer_core.data.shards import MANIFEST_NAME, read_manifest
+from fer_core.data.va import has_va
 from fer_core.errors import DataError
 
 
 def ensure_data(data: Mapping[str, Any], console=None) -> None:
     """Generate the synthetic set when ``data.synth`` is given and ``data.root`` is missing;
-    a synthetic set already there must have been drawn with the same settings."""
+    a synthetic set already there must have been drawn with the same settings, and is drawn
+    again when an older fer-core drew it (``synth.VERSION``: e.g. without valence/arousal)."""
     root = data.get("root")
     if not root or data.get("synth") is None:
         return
+    stale = False
     if (Path(root) / MANIFEST_NAME).exists():
         check_synth_settings(root, data["synth"])
-        return
+        stale = _older_synth(read_manifest(root))
+        if not stale:
+            return
     from fer_core.data.pack import make_synth_dataset
 
     if console is not None:
-        console.print(f"[cyan]{root} is missing: drawing the synthetic data set first[/]")
-    make_synth_dataset(root, **data["synth"], progress=console is not None)
+        why = "was drawn by an older fer-core" if stale else "is missing"
+        console.print(f"[cyan]{root} {why}: drawing the synthetic data set first[/]")
+    make_synth_dataset(root, **data["synth"], progress=console is not None, overwrite=stale)
+
+
+def _older_synth(manifest: Mapping[str, Any]) -> bool:
+    """Synthetic faces drawn before the current ``synth.VERSION`` (a real data set is never stale)."""
+    return manifest.get("source_format") == "synth" and (manifest.get("synth") or {}).get("version", 1) < synth.VERSION
 
 
 def check_synth_settings(root: str | Path, synth: Mapping[str, Any]) -> None:
@@ -80,14 +92,48 @@ def open_split(data: Mapping[str, Any], split: str, classes: list[str], *,
 
 def make_loader(data: Mapping[str, Any], split: str, classes: list[str], batch_size: int, *,
                 train: bool, seed: int, augments: Sequence[torch.nn.Module] = (), rank: int = 0,
-                world: int = 1, latent: bool = False, roots=None, num_workers: int | None = None) -> EpochLoader:
+                world: int = 1, latent: bool = False, roots=None, num_workers: int | None = None,
+                va: bool = False) -> EpochLoader:
+    """The split's batches; with ``va`` their targets are ``{"label": ..., "va": float32 [B, 2]}``
+    (every source must carry valence/arousal, else a DataError names it)."""
     sources = open_split(data, split, classes, roots=roots)
+    if va:
+        for source in sources:
+            if not has_va(source.manifest):
+                raise DataError(_no_va(source.root))
     decoder = Decoder(image_size=data["image_size"], channels=data["channels"], num_classes=len(classes),
-                      soft_labels=data["soft_labels"], latent=latent, classes=tuple(classes))
+                      soft_labels=data["soft_labels"], latent=latent, classes=tuple(classes), va=va)
     stream = ShardStream(sources, decoder, batch_size, train=train, seed=seed, augments=augments,
                          balance=data["balance"], shuffle_buffer=data["shuffle_buffer"], rank=rank, world=world)
     workers = data["num_workers"] if num_workers is None else num_workers
     return EpochLoader(stream, num_workers=workers)
+
+
+def missing_va(data: Mapping[str, Any]) -> str | None:
+    """None when every source of ``data`` carries valence/arousal (per its manifest, or because
+    ``data.synth`` will draw it), else one line naming the first data set that does not.
+
+    A source without a manifest yet is left to the data checks (``fer_core.preflight``)."""
+    for root, _ in source_roots(data):
+        if not (root / MANIFEST_NAME).is_file():
+            continue
+        manifest = read_manifest(root)
+        if has_va(manifest):
+            continue
+        if _older_synth(manifest):
+            if data.get("synth") is not None and data.get("root") and root == Path(data["root"]):
+                continue  # `fer run` draws it again, with valence/arousal
+            n = sum(split["count"] for split in manifest["splits"].values())
+            return _no_va(root, f"synthetic faces drawn by an older fer-core; draw them again with `fer data synth "
+                                f"{root} --n {n} --size {manifest['image']['size'][0]} --seed {manifest.get('seed', 0)} "
+                                f"--overwrite`")
+        return _no_va(root)
+    return None
+
+
+def _no_va(root: Path, hint: str | None = None) -> str:
+    return (f"{root} has no valence/arousal (its {MANIFEST_NAME} lists no 'va'{'' if hint is None else ': ' + hint}); "
+            f"tasks affect and expression+affect need data packed with va.json (AffectNet, or the synthetic faces)")
 
 
 # -- cached latents -------------------------------------------------------------------------------------------

@@ -34,6 +34,26 @@ brows) is drawn a fixed number of grey levels darker than the skin, not a fracti
 colour, so it is about as visible on dark skin as on light skin (as far as the darkest
 skin, about 55 grey levels, leaves room; see benchmarks/fairness_synth.py for the measured gap).
 
+Each face also has a valence and an arousal in [-1, 1] that follow from what it shows: the
+point of its expression on Russell's circumplex of affect (Russell, "A circumplex model of
+affect", 1980: valence from unpleasant to pleasant, arousal from calm to excited; the points
+are set by hand from where that model puts the emotion words, not measured from any data set),
+times the drawn intensity (0.8 to 1.2 of the prototype, which shows in the image), plus
+Gaussian noise with standard deviation ``VA_NOISE`` = 0.05 on each, clipped to [-1, 1]
+(:data:`AFFECT`, :func:`sample_affect`)::
+
+    expression   valence  arousal
+    anger         -0.55     0.60
+    disgust       -0.65     0.35
+    fear          -0.45     0.70
+    happiness      0.75     0.35
+    neutral        0.00     0.00
+    sadness       -0.65    -0.35
+    surprise       0.25     0.75
+
+The noise comes from a second generator spawned from the sample's, so the image is the same
+as without it.
+
 Face coordinates: the origin sits between the eyes and nose, one unit is the
 half-width of the face, x grows to the face's left (image right) and y downwards.
 """
@@ -51,12 +71,15 @@ from PIL import Image, ImageDraw
 
 from fer_core.data.meta import Field
 
-__all__ = ["EXPRESSIONS", "META", "SynthFace", "draw_face", "rare_skin_shares", "render_face", "synthesize",
-           "synthesize_faces"]
+__all__ = ["AFFECT", "EXPRESSIONS", "META", "VA_NOISE", "VERSION", "SynthFace", "draw_face", "draw_synth_face",
+           "rare_skin_shares", "render_face", "sample_affect", "synthesize", "synthesize_faces"]
 
 EXPRESSIONS: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
 
 SUPERSAMPLE = 3  # draw at this many times the output size, then box-filter down
+# what a drawn data set holds, recorded in its manifest (``synth.version``): 2 added valence/arousal;
+# `fer run` draws a data.synth set of an older version again
+VERSION = 2
 
 
 # --- expression parameters ---------------------------------------------------------------
@@ -133,12 +156,35 @@ _PROTOTYPE_VALUES = {name: _values(expression) for name, expression in PROTOTYPE
 _LOWER_VALUES, _UPPER_VALUES = _values(_LOWER), _values(_UPPER)
 
 
-def sample_expression(name: str, rng: np.random.Generator) -> Expression:
-    """The prototype of ``name`` at a random intensity (0.8 to 1.2), every parameter jittered."""
+def sample_expression(name: str, rng: np.random.Generator) -> tuple[Expression, float]:
+    """The prototype of ``name`` at a random intensity (0.8 to 1.2), every parameter jittered; and that intensity."""
     intensity = rng.uniform(0.8, 1.2)
     values = _NEUTRAL_VALUES + intensity * (_PROTOTYPE_VALUES[name] - _NEUTRAL_VALUES)
     values += _JITTER_VALUES * rng.standard_normal(values.shape)
-    return Expression(*np.clip(values, _LOWER_VALUES, _UPPER_VALUES).tolist())
+    return Expression(*np.clip(values, _LOWER_VALUES, _UPPER_VALUES).tolist()), float(intensity)
+
+
+# --- valence and arousal: where each expression sits on Russell's circumplex ----------------
+
+# (valence, arousal) of each prototype at intensity 1; see the module docstring
+AFFECT: dict[str, tuple[float, float]] = {
+    "anger": (-0.55, 0.60),
+    "disgust": (-0.65, 0.35),
+    "fear": (-0.45, 0.70),
+    "happiness": (0.75, 0.35),
+    "neutral": (0.0, 0.0),
+    "sadness": (-0.65, -0.35),
+    "surprise": (0.25, 0.75),
+}
+VA_NOISE = 0.05  # standard deviation of the Gaussian noise added to each of valence and arousal
+
+
+def sample_affect(name: str, intensity: float, rng: np.random.Generator) -> tuple[float, float]:
+    """(valence, arousal) of ``name`` shown at ``intensity``: its AFFECT point times the intensity,
+    plus Gaussian noise (``VA_NOISE``), clipped to [-1, 1] and rounded to 4 decimals."""
+    point = intensity * np.array(AFFECT[name]) + VA_NOISE * rng.standard_normal(2)
+    valence, arousal = np.round(np.clip(point, -1.0, 1.0), 4).tolist()
+    return valence, arousal
 
 
 # --- identity: what does not change with the expression -----------------------------------
@@ -635,17 +681,28 @@ class SynthFace:
     label: str
     pixels: np.ndarray  # uint8 [size, size, 3]
     attributes: dict[str, Any]  # one value per field of META
+    va: tuple[float, float] = (0.0, 0.0)  # (valence, arousal) in [-1, 1], see AFFECT
+    intensity: float = 1.0  # how strongly the expression shows (0.8 to 1.2 of its prototype)
 
 
 def draw_face(expression: str, rng: np.random.Generator, size: int = 48,
               skin_shares: tuple[float, ...] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """One face showing ``expression`` (uint8 RGB [size, size, 3]) and the attributes it was drawn with."""
+    face = draw_synth_face(expression, rng, size, skin_shares)
+    return face.pixels, face.attributes
+
+
+def draw_synth_face(expression: str, rng: np.random.Generator, size: int = 48,
+                    skin_shares: tuple[float, ...] | None = None) -> SynthFace:
+    """One face showing ``expression``, with its attributes, intensity and valence/arousal."""
     if expression not in PROTOTYPES:
         raise ValueError(f"unknown expression {expression!r}; expected one of {', '.join(EXPRESSIONS)}")
     canvas = size * SUPERSAMPLE
-    (traits,) = rng.spawn(1)  # leaves rng's stream as it is
+    # child generators leave rng's stream as it is: the first draws the traits, the second the
+    # valence/arousal noise, so the pixels do not depend on either
+    traits, affect = rng.spawn(2)
     person = sample_identity(rng, traits, skin_shares)
-    ex = sample_expression(expression, rng)
+    ex, intensity = sample_expression(expression, rng)
     pose = sample_pose(rng, canvas, person.face_height)
     skew_side = int(rng.choice([-1, 1]))
 
@@ -666,7 +723,8 @@ def draw_face(expression: str, rng: np.random.Generator, size: int = 48,
     attributes = {"skin_tone": person.skin_tone, "age_band": person.age_band,
                   "pose": "frontal" if abs(yaw) <= FRONTAL_YAW else "turned", "occlusion": occlusion,
                   "yaw": yaw, "pitch": pitch, "roll": roll}
-    return finish(image, rng, size), attributes
+    pixels = finish(image, rng, size)
+    return SynthFace(expression, pixels, attributes, sample_affect(expression, intensity, affect), intensity)
 
 
 def render_face(expression: str, rng: np.random.Generator, size: int = 48) -> np.ndarray:
@@ -683,8 +741,7 @@ def synthesize_faces(n: int, size: int = 48, seed: int = 0,
     """
     for index in range(n):
         name = EXPRESSIONS[index % len(EXPRESSIONS)]
-        pixels, attributes = draw_face(name, np.random.default_rng([seed, index]), size, skin_shares)
-        yield SynthFace(name, pixels, attributes)
+        yield draw_synth_face(name, np.random.default_rng([seed, index]), size, skin_shares)
 
 
 def synthesize(n: int, size: int = 48, seed: int = 0) -> Iterator[tuple[str, np.ndarray]]:

@@ -15,7 +15,8 @@ from fer_core.errors import FerError
 from fer_core.faces.draw import draw_faces
 from fer_core.faces.photos import face_mode, predict_photos
 from fer_core.faces.video import predict_video
-from fer_core.predictor import load_predictor
+from fer_core.outputs import has_affect, has_logits
+from fer_core.predictor import load_predictor, outputs_of
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".y4m", ".wmv", ".flv", ".ts"}
 
@@ -73,8 +74,12 @@ def _photos(predictor, mode, photos, top_k, batch_size, as_json, draw, several, 
     calibrated = f", temperature {predictor.temperature:.3f}" if predictor.temperature != 1.0 else ""
     table = Table(title=f"{predictor.name} predictions" + (" (faces" + calibrated + ")" if mode else
                                                            (f" ({calibrated[2:]})" if calibrated else "")))
-    for column in ("image", *(("face", "box") if mode else ()), "label", "confidence", f"top {top_k}"):
-        table.add_column(column)
+    slices = outputs_of(predictor)
+    classifies, affect = has_logits(slices), has_affect(slices)
+    columns = ["image", *(("face", "box") if mode else ()), *(("label", "confidence", f"top {top_k}") if classifies
+                                                              else ()), *(("valence", "arousal") if affect else ())]
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("valence", "arousal") else "left")
     shown = None if (mode and as_json) else top_k  # JSON lines of faces carry every class's probability
     for result in predict_photos(predictor, photos, mode, shown, batch_size, keep_images=draw is not None):
         if result.error:
@@ -90,11 +95,16 @@ def _photos(predictor, mode, photos, top_k, batch_size, as_json, draw, several, 
             continue
         rows = result.faces if result.faces is not None else [result.whole]
         if result.faces == []:
-            table.add_row(escape(result.path), "-", "-", "[yellow]no face found[/]", "", "")
+            table.add_row(escape(result.path), "-", "-", "[yellow]no face found[/]", *[""] * (len(columns) - 4))
         for i, r in enumerate(rows):
-            others = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top_k"])
             where = (str(i + 1), " ".join(f"{v:.0f}" for v in r["box"])) if mode else ()
-            table.add_row(escape(result.path), *where, r["label"], f"{r['confidence']:.3f}", others)
+            cells = []
+            if classifies:
+                others = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top_k"])
+                cells += [r["label"], f"{r['confidence']:.3f}", others]
+            if affect:
+                cells += [f"{r['valence']:+.3f}", f"{r['arousal']:+.3f}"]
+            table.add_row(escape(result.path), *where, *cells)
     if not as_json and table.rows:
         console.print(table)
     return failed

@@ -1,4 +1,5 @@
-"""Drawing faces on a photo: box, five landmarks and "label 0.87" per face (PIL only)."""
+"""Drawing faces on a photo: box, five landmarks and "label 0.87" per face, with "V+0.42 A-0.10" (valence,
+arousal) for models that predict them (PIL only)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def draw_faces(image: np.ndarray, faces: Sequence[dict], ids: Sequence[int] | No
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
         for x, y in face["landmarks"].values():
             draw.ellipse((x - width, y - width, x + width, y + width), fill=colour)
-        text = f"{face['label']} {face['confidence']:.2f}" if "label" in face else f"face {face['score']:.2f}"
+        text = face_text(face)
         if ids is not None:
             text = f"#{ids[i]} {text}"
         left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
@@ -31,3 +32,13 @@ def draw_faces(image: np.ndarray, faces: Sequence[dict], ids: Sequence[int] | No
         draw.rectangle((x1, y, x1 + right - left + 2 * width, y + lift), fill=colour)
         draw.text((x1 + width, y + width - (top - y1)), text, fill=(0, 0, 0), font=font)
     return canvas
+
+
+def face_text(face: dict) -> str:
+    """The label of a face: "happiness 0.87", "V+0.42 A-0.10", both, or "face 0.99" before prediction."""
+    parts = []
+    if "label" in face:
+        parts.append(f"{face['label']} {face['confidence']:.2f}")
+    if "valence" in face:
+        parts.append(f"V{face['valence']:+.2f} A{face['arousal']:+.2f}")
+    return " ".join(parts) or f"face {face['score']:.2f}"

@@ -22,7 +22,7 @@ from fer_core.errors import FerError
 from fer_core.faces.align import DEFAULT_MARGIN, align_face
 from fer_core.faces.detect import FaceDetector, load_detector, read_rgb
 from fer_core.faces.face import Face
-from fer_core.predictor import Predictor, prediction
+from fer_core.predictor import Predictor, infer_function, prediction, rows
 
 
 @dataclass
@@ -77,13 +77,14 @@ def crop_input(predictor: Predictor, crop: np.ndarray) -> np.ndarray:
 
 def classify_faces(predictor: Predictor, mode: FaceMode, image: np.ndarray,
                    top_k: int | None = None) -> list[dict[str, Any]]:
-    """Every face in the RGB ``image``: box, score, landmarks, label and probabilities; best score first."""
+    """Every face in the RGB ``image``: box, score, landmarks, label and probabilities (and valence, arousal for
+    models that predict them); best score first."""
     faces: list[Face] = mode.detector(image)
     if not faces:
         return []
     crops = [mode.align(image, f, predictor) for f in faces]
-    probs = predictor.predict(np.stack(crops))
-    return [{**face.as_dict(), **prediction(predictor.classes, p, top_k)} for face, p in zip(faces, probs)]
+    outputs = rows(infer_function(predictor)(np.stack(crops)))
+    return [{**face.as_dict(), **prediction(predictor.classes, out, top_k)} for face, out in zip(faces, outputs)]
 
 
 @dataclass
@@ -135,6 +136,6 @@ def predict_photos(predictor: Predictor, paths: Sequence[str], mode: FaceMode | 
                 results.append(PhotoResult(str(path), error=str(exc)))
         ok = [r for r in results if r.error is None]
         if ok:
-            for result, p in zip(ok, predictor.predict(np.stack(inputs))):
-                result.whole = prediction(predictor.classes, p, top_k)
+            for result, out in zip(ok, rows(infer_function(predictor)(np.stack(inputs)))):
+                result.whole = prediction(predictor.classes, out, top_k)
         yield from results

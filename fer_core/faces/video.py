@@ -1,6 +1,6 @@
 """``fer predict clip.mp4``: sample frames with PyAV, classify every face, follow faces by IoU, write
-frames.csv, frames.json and timeline.png (class probabilities over time per tracked face), and
-optionally an annotated video.
+frames.csv, frames.json and timeline.png (class probabilities, and valence and arousal for models
+that predict them, over time per tracked face), and optionally an annotated video.
 
 Frames are sampled ``every`` N frames, or at ``fps`` frames per second of video time (default:
 5 per second). PyAV comes with ``pip install 'fer-core[video]'``.
@@ -23,7 +23,8 @@ from fer_core.errors import FerError
 from fer_core.faces.draw import draw_faces
 from fer_core.faces.photos import FaceMode, classify_faces
 from fer_core.faces.track import IouTracker
-from fer_core.predictor import Predictor
+from fer_core.outputs import VA_NAMES, has_affect, has_logits
+from fer_core.predictor import Predictor, outputs_of
 
 DEFAULT_FPS = 5.0
 
@@ -135,29 +136,39 @@ def predict_video(predictor: Predictor, mode: FaceMode, path: str, every: int | 
     seconds = time.perf_counter() - start
     if not frames:
         raise FerError(f"{path}: no frame could be decoded")
-    files = _write_outputs(out, frames, predictor.classes)
+    files = _write_outputs(out, frames, predictor.classes, outputs_of(predictor))
     tracks = sorted({f["track"] for frame in frames for f in frame["faces"]})
     return {"video": str(path), "frames": len(frames), "tracks": len(tracks), "seconds": round(seconds, 3),
             "frames_per_second": len(frames) / seconds if seconds else 0.0, "out_dir": str(out), **files,
             **({"drawn": str(draw)} if draw else {})}
 
 
-def _write_outputs(out: Path, frames: list[dict], classes: list[str]) -> dict[str, str]:
+def _write_outputs(out: Path, frames: list[dict], classes: list[str], slices: dict[str, int]) -> dict[str, str]:
+    """frames.json, frames.csv (class columns for models that classify, valence and arousal for those that
+    predict them) and timeline.png."""
+    classifies, affect = has_logits(slices), has_affect(slices)
     (out / "frames.json").write_text(json.dumps(frames))
     with open(out / "frames.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["frame", "time", "track", "x1", "y1", "x2", "y2", "score", "label", "confidence",
-                         *(f"p_{c}" for c in classes)])
+        writer.writerow(["frame", "time", "track", "x1", "y1", "x2", "y2", "score",
+                         *(["label", "confidence", *(f"p_{c}" for c in classes)] if classifies else []),
+                         *(VA_NAMES if affect else ())])
         for frame in frames:
             for face in frame["faces"]:
-                writer.writerow([frame["frame"], frame["time"], face["track"], *face["box"], face["score"],
-                                 face["label"], face["confidence"], *(face["probabilities"][c] for c in classes)])
-    timeline_plot(frames, classes, out / "timeline.png")
+                row = [frame["frame"], frame["time"], face["track"], *face["box"], face["score"]]
+                if classifies:
+                    row += [face["label"], face["confidence"], *(face["probabilities"][c] for c in classes)]
+                if affect:
+                    row += [face[name] for name in VA_NAMES]
+                writer.writerow(row)
+    timeline_plot(frames, classes if classifies else [], out / "timeline.png", affect=affect)
     return {"csv": str(out / "frames.csv"), "json": str(out / "frames.json"), "timeline": str(out / "timeline.png")}
 
 
-def timeline_plot(frames: list[dict], classes: list[str], path: Path, max_tracks: int = 6) -> None:
-    """One panel per tracked face (the longest ``max_tracks``): each class's probability over time."""
+def timeline_plot(frames: list[dict], classes: list[str], path: Path, max_tracks: int = 6,
+                  affect: bool = False) -> None:
+    """One row of panels per tracked face (the longest ``max_tracks``): each class's probability over time
+    (when ``classes``), and valence and arousal over time (when ``affect``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,20 +177,29 @@ def timeline_plot(frames: list[dict], classes: list[str], path: Path, max_tracks
     series: dict[int, list[tuple[float, dict]]] = {}
     for frame in frames:
         for face in frame["faces"]:
-            series.setdefault(face["track"], []).append((frame["time"], face["probabilities"]))
+            series.setdefault(face["track"], []).append((frame["time"], face))
     chosen = sorted(series, key=lambda t: -len(series[t]))[:max_tracks]
-    fig, axes = plt.subplots(max(1, len(chosen)), 1, figsize=(9, 2.2 * max(1, len(chosen))), sharex=True,
-                             squeeze=False)
-    for ax, track in zip(axes[:, 0], chosen):
+    kinds = (["classes"] if classes else []) + (["affect"] if affect else [])
+    fig, axes = plt.subplots(max(1, len(chosen)), len(kinds), figsize=(9 * len(kinds), 2.2 * max(1, len(chosen))),
+                             sharex=True, squeeze=False)
+    for row, track in zip(axes, chosen):
         times = [t for t, _ in series[track]]
-        for name in classes:
-            ax.plot(times, [p[name] for _, p in series[track]], marker=".", label=name)
-        ax.set_ylabel(f"face #{track}")
-        ax.set_ylim(0, 1)
+        for ax, kind in zip(row, kinds):
+            names, low = (classes, 0) if kind == "classes" else (VA_NAMES, -1)
+            for name in names:
+                values = [face["probabilities"][name] if kind == "classes" else face[name] for _, face in series[track]]
+                ax.plot(times, values, marker=".", label=name)
+            ax.set_ylabel(f"face #{track}")
+            ax.set_ylim(low, 1)
+            if low:
+                ax.axhline(0, color="grey", lw=0.8)
     if not chosen:
         axes[0, 0].text(0.5, 0.5, "no face found in the sampled frames", ha="center", va="center")
-    axes[0, 0].legend(loc="upper right", ncol=min(len(classes), 7), fontsize=7)
-    axes[-1, 0].set_xlabel("time (s)")
+    for ax, kind in zip(axes[0], kinds):
+        ax.legend(loc="upper right", ncol=min(len(classes), 7) if kind == "classes" else 2, fontsize=7)
+        ax.set_title("class probabilities" if kind == "classes" else "valence and arousal", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("time (s)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -1,13 +1,16 @@
 """The FastAPI app of ``fer serve``.
 
-    GET  /          the page: drop or pick face images, see the expression and a bar per class
+    GET  /          the page: drop or pick face images, see the expression and a bar per class, and
+                    the point on the valence-arousal circle for models that predict them
     GET  /health    {"status": "ok"}
-    GET  /info      classes, recipe name, model format and size, limits, batching counters
+    GET  /info      classes, recipe name, model format and size, outputs, limits, batching counters
     POST /predict   multipart/form-data, one or more files in field ``image`` (or ``images``)
-                    -> [{filename, label, confidence, probabilities: {class: p}}, ...] in upload order
+                    -> [{filename, label, confidence, probabilities: {class: p}}, ...] in upload order;
+                    ``valence`` and ``arousal`` (in [-1, 1]) too for models with valence/arousal outputs,
+                    and only those for valence/arousal-only models
     POST /faces     the same upload -> [{filename, width, height, faces: [{box, score, landmarks,
-                    label, confidence, probabilities}, ...]}, ...]: every face found, aligned and
-                    classified (501 when no face detector is installed)
+                    label, confidence, probabilities[, valence, arousal]}, ...]}, ...]: every face
+                    found, aligned and predicted (501 when no face detector is installed)
 
 Bad requests get a 4xx with ``{"detail": "<one line>"}``: 400 empty request, empty file or
 malformed body; 413 a file over ``max_bytes`` or too many files; 415 not multipart, or a
@@ -26,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fer_core.predictor import Predictor, prediction
+from fer_core.predictor import Predictor, infer_function, prediction
 from fer_core.serve.batching import Batcher
 from fer_core.serve.faces import FaceService
 
@@ -45,7 +48,7 @@ def create_app(predictor: Predictor, max_bytes: int = 10_000_000, max_files: int
 
     ``faces`` serves ``POST /faces`` (default: ``FaceService(predictor)``, which builds the
     first installed detector on the first request)."""
-    batcher = Batcher(predictor.predict, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    batcher = Batcher(infer_function(predictor), max_batch=max_batch, max_wait_ms=max_wait_ms)
     faces = faces or FaceService(predictor)
     limits = {"max_bytes": max_bytes, "max_files": max_files, "max_batch": max_batch, "max_wait_ms": max_wait_ms}
 
@@ -84,9 +87,9 @@ def create_app(predictor: Predictor, max_bytes: int = 10_000_000, max_files: int
             except Exception as exc:
                 raise HTTPException(415, f"{_name(upload)}: not a readable image ({type(exc).__name__}); "
                                          f"send PNG, JPEG, WebP, BMP or GIF files") from None
-        probs = await _classify(batcher, images)
+        outputs = await _classify(batcher, images)
         return [{"filename": upload.filename, **prediction(predictor.classes, p)}
-                for upload, p in zip(uploads, probs)]
+                for upload, p in zip(uploads, outputs)]
 
     @app.post("/faces")
     async def find_faces(request: Request) -> list[dict]:
@@ -100,17 +103,17 @@ def create_app(predictor: Predictor, max_bytes: int = 10_000_000, max_files: int
                 raise HTTPException(501, str(exc)) from None
             except faces.bad_image as exc:
                 raise HTTPException(415, str(exc)) from None
-            probs = await _classify(batcher, crops)
+            outputs = await _classify(batcher, crops)
             results.append({"filename": upload.filename, "width": int(image.shape[1]), "height": int(image.shape[0]),
                             "faces": [{**face.as_dict(), **prediction(predictor.classes, p)}
-                                      for face, p in zip(found, probs)]})
+                                      for face, p in zip(found, outputs)]})
         return results
 
     return app
 
 
 async def _classify(batcher: Batcher, inputs: list) -> list:
-    """Class probabilities of each model input, through the batcher; a 500 with one line on failure."""
+    """The outputs of each model input (``infer`` rows), through the batcher; a 500 with one line on failure."""
     try:
         return await asyncio.gather(*(asyncio.wrap_future(batcher.submit(x)) for x in inputs))
     except Exception as exc:

@@ -13,14 +13,20 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
+
+from fer_core.predictor import rows
 
 _STOP = object()
 
 
 class Batcher:
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_batch: int = 32,
+    """``predict`` maps a stacked batch to an array [B, ...] or a dict of them (a predictor's ``infer``);
+    each image's future gets its own row."""
+
+    def __init__(self, predict: Callable[[np.ndarray], Any], max_batch: int = 32,
                  max_wait_ms: float = 5.0):
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
@@ -31,7 +37,7 @@ class Batcher:
         self._thread.start()
 
     def submit(self, image: np.ndarray) -> Future:
-        """Queue one image [C, H, W]; the future resolves to its probabilities [num_classes]."""
+        """Queue one image [C, H, W]; the future resolves to its row of the batch's result."""
         future: Future = Future()
         self._queue.put((image, future))
         return future
@@ -68,7 +74,7 @@ class Batcher:
         if not batch:
             return
         try:
-            probs = self.predict(np.stack([image for image, _ in batch]))
+            results = rows(self.predict(np.stack([image for image, _ in batch])))
         except Exception as exc:  # the requests fail; the worker keeps serving
             for _, future in batch:
                 future.set_exception(exc)
@@ -76,5 +82,5 @@ class Batcher:
         self.batches += 1
         self.images += len(batch)
         self.largest_batch = max(self.largest_batch, len(batch))
-        for (_, future), p in zip(batch, probs):
-            future.set_result(p)
+        for (_, future), result in zip(batch, results):
+            future.set_result(result)

@@ -62,7 +62,7 @@ def serve(model, host, port, max_bytes, max_files, max_batch, max_wait_ms, devic
               help="Output file [default: RUN/model.onnx, or CHECKPOINT.onnx beside a loose checkpoint].")
 @click.option("--opset", default=18, show_default=True, type=click.IntRange(min=13))
 @click.option("--check/--no-check", default=True, show_default=True,
-              help="Compare ONNX Runtime's logits with PyTorch's on a random batch.")
+              help="Compare ONNX Runtime's outputs with PyTorch's on a random batch.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Also write an INT8 model (RUN/model.int8.onnx) and compare it with float32.")
 @click.option("--quantize-mode", type=click.Choice(["auto", "static", "dynamic"]), default="auto", show_default=True,
@@ -72,22 +72,26 @@ def serve(model, host, port, max_bytes, max_files, max_batch, max_wait_ms, devic
               help="Training images used to calibrate static quantization.")
 @click.option("--split", default="test", show_default=True, help="Split on which float32 and INT8 are compared.")
 def export(run_or_checkpoint, fmt, out, opset, check, quantize, quantize_mode, calibration, split) -> None:
-    """Export the whole Encoder->Backbone->Head model (images in [0,1] -> logits, dynamic batch)."""
+    """Export the whole Encoder->Backbone->Head model (images in [0,1] -> logits and/or va, dynamic batch)."""
     _needs("onnx", "onnx")
     import importlib.util
 
-    from fer_core.export import default_onnx_path, export_onnx, max_difference
+    from fer_core.export import default_onnx_path, export_onnx, max_differences
     from fer_core.inference import load_trained
 
     trained = load_trained(run_or_checkpoint)
     path = export_onnx(trained, out or default_onnx_path(run_or_checkpoint), opset=opset)
-    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, opset {opset}, "
-               f"input [batch, {trained.recipe['data']['channels']}, {trained.recipe['data']['image_size']}, "
-               f"{trained.recipe['data']['image_size']}] in [0, 1] -> logits [batch, {len(trained.classes)}])")
+    size = trained.recipe["data"]["image_size"]
+    outputs = ", ".join(f"{name} [batch, {width}]" for name, width in trained.slices.items())
+    task = f", task {trained.task}" if trained.task != "classify" else ""
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, opset {opset}{task}, "
+               f"input [batch, {trained.recipe['data']['channels']}, {size}, {size}] in [0, 1] -> {outputs})")
     if trained.temperature != 1.0:
         click.echo(f"the graph divides the logits by the temperature {trained.temperature:.4f} of `fer calibrate`")
     if check and importlib.util.find_spec("onnxruntime") is not None:
-        click.echo(f"max |logit difference| against PyTorch on a batch of 3: {max_difference(trained, path):.2e}")
+        for name, value in max_differences(trained, path).items():
+            click.echo(f"max |{'logit' if name == 'logits' else name} difference| against PyTorch on a batch of 3: "
+                       f"{value:.2e}")
     if quantize:
         _needs("onnxruntime", "onnx")
         _export_int8(trained, path, quantize_mode, calibration, split)
@@ -106,18 +110,34 @@ def _export_int8(trained, path, mode: str, calibration: int, split: str) -> None
     used = f"{sum(len(b) for b in batches)} training images" if batches else "no calibration"
     click.echo(f"wrote {int8} ({mode} INT8, {used})")
     rows = compare_models(trained, {"float32": path, "int8": int8}, split=split)
-    table = Table(title=f"float32 against INT8 ({split} split, onnxruntime on the CPU)")
-    for column in ("model", "file MB", "img/s b1", "img/s b32", "accuracy", "macro F1", "agrees"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for name, row in rows.items():
-        table.add_row(name, f"{row['file_mb']:.2f}", f"{row['images_per_s_batch1']:.0f}",
-                      f"{row['images_per_s_batch32']:.0f}", f"{row['accuracy']:.4f}", f"{row['f1_macro']:.4f}",
-                      f"{row['agreement']:.1%}")
-    Console().print(table)
+    # (row key, column, format): speed, then class scores for models that classify; valence/arousal in a second table
+    speed_and_classes = [("file_mb", "file MB", "{:.2f}"), ("images_per_s_batch1", "img/s b1", "{:.0f}"),
+                         ("images_per_s_batch32", "img/s b32", "{:.0f}"), ("accuracy", "accuracy", "{:.4f}"),
+                         ("f1_macro", "macro F1", "{:.4f}"), ("agreement", "agrees", "{:.1%}")]
+    affect = [("valence_ccc", "valence CCC", "{:.4f}"), ("arousal_ccc", "arousal CCC", "{:.4f}"),
+              ("ccc_mean", "CCC mean", "{:.4f}"), ("va_max_difference", "max |Δva| vs float32", "{:.4f}")]
+    titles = [f"float32 against INT8 ({split} split, onnxruntime on the CPU)",
+              f"valence and arousal, float32 against INT8 ({split} split)"]
+    for title, columns in zip(titles, (speed_and_classes, affect)):
+        columns = [c for c in columns if c[0] in rows["float32"]]
+        if not columns:
+            continue
+        table = Table(title=title)
+        table.add_column("model")
+        for _, name, _ in columns:
+            table.add_column(name, justify="right")
+        for name, row in rows.items():
+            table.add_row(name, *(pattern.format(row[key]) for key, _, pattern in columns))
+        Console().print(table)
     f, q = rows["float32"], rows["int8"]
+    changes = []
+    if "accuracy" in f:
+        changes.append(f"accuracy {100 * (q['accuracy'] - f['accuracy']):+.2f} points")
+    if "ccc_mean" in f:
+        changes.append(f"CCC mean {q['ccc_mean'] - f['ccc_mean']:+.4f}")
     click.echo(f"INT8: {f['file_mb'] / q['file_mb']:.1f}x smaller, {q['images_per_s_batch1'] / f['images_per_s_batch1']:.2f}x "
-               f"at batch 1, {q['images_per_s_batch32'] / f['images_per_s_batch32']:.2f}x at batch 32, accuracy "
-               f"{100 * (q['accuracy'] - f['accuracy']):+.2f} points")
+               f"at batch 1, {q['images_per_s_batch32'] / f['images_per_s_batch32']:.2f}x at batch 32"
+               + "".join(f", {c}" for c in changes))
     run_dir = run_dir_of(trained.checkpoint)
     if run_dir is not None:
         write_json(run_dir / "quantization.json", {"mode": mode, "calibration_images": sum(len(b) for b in batches or []),

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fer_core.outputs import layout, split
 from fer_core.testing.subject import Case, Subject, check_param_gradients, tensors, weighted_sum
 
 SPACES = ("image", "latent")
@@ -206,15 +207,31 @@ class HeadSpec(KindSpec):
         return {"num_features": self.num_features, "num_classes": self.num_classes}
 
     def declares(self, s, module):
-        declared = _declared(s, module, "num_classes", "the number of logits")
+        declared = _declared(s, module, "num_classes", "the number of classes it was built for")
         if declared != self.num_classes:
             s.fail(f"declares num_classes {declared!r} but was built for {self.num_classes} classes")
+        outputs = getattr(module, "outputs", None)
+        if outputs is not None and not (isinstance(outputs, dict) and outputs and all(
+                isinstance(k, str) and isinstance(v, int) and v > 0 for k, v in outputs.items())):
+            s.fail(f"declares outputs {outputs!r}; it must be a dict of output names -> positive widths "
+                   f"(fer_core.outputs)")
 
     def cases(self, module):
         return [Case(f"features [{self.batch}, {self.num_features}]", (_randn(self.batch, self.num_features),))]
 
     def check_output(self, s, module, case, out):
-        _check_tensor(s, out, (self.batch, self.num_classes), "(batch, num_classes)", case, case.args[0].dtype)
+        slices = layout(module)
+        if slices == {"logits": self.num_classes}:
+            _check_tensor(s, out, (self.batch, self.num_classes), "(batch, num_classes)", case, case.args[0].dtype)
+            return
+        width = sum(slices.values())
+        _check_tensor(s, out, (self.batch, width), f"(batch, {width}) for its outputs {slices}", case,
+                      case.args[0].dtype)
+        if "va" in slices and _known(out):
+            va = split(out, slices)["va"]
+            if va.abs().max() > 1 + 1e-4:
+                s.fail(f"returns valence/arousal up to {va.abs().max():.3g} for {case.label}; they lie in "
+                       f"[-1, 1] (bound them, e.g. with tanh)")
 
 
 @dataclass
@@ -231,6 +248,9 @@ class LossSpec(KindSpec):
 
     def cases(self, module):
         b, c = self.batch, self.num_classes
+        if getattr(module, "target", None) == "va":
+            pred, target = _rand(b, 2).mul(2).sub(1), _rand(b, 2, seed=1).mul(2).sub(1)
+            return [Case(f"valence/arousal [{b}, 2] and targets [{b}, 2]", (pred, target), train=True)]
         ids = torch.arange(b) % c
         soft = _rand(b, c, seed=1).softmax(dim=1)
         return [Case(f"logits [{b}, {c}] and class ids [{b}]", (_randn(b, c), ids), train=True),
@@ -245,10 +265,10 @@ class LossSpec(KindSpec):
             grad_case = Case(case.label, (logits, case.args[1].to(s.device)), True)
             out = s.forward(module, grad_case, grad=True)
             if not isinstance(out, torch.Tensor) or not out.requires_grad:
-                s.fail(f"the loss does not depend on the logits through autograd ({case.label})")
+                s.fail(f"the loss does not depend on its predictions through autograd ({case.label})")
             out.backward()
             if logits.grad is None or (_known(logits.grad) and not torch.isfinite(logits.grad).all()):
-                s.fail(f"the logits get no finite gradient ({case.label})")
+                s.fail(f"the predictions get no finite gradient ({case.label})")
         check_param_gradients(s, module)
         return None
 

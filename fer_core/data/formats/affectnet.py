@@ -11,7 +11,9 @@ Expressions 0 neutral, 1 happy, 2 sad, 3 surprise, 4 fear, 5 disgust, 6 anger, 7
 kept; 8 none, 9 uncertain and 10 no-face are dropped and counted. The face box is cropped and
 re-encoded (JPEG quality 95 from JPEG, else PNG). Each sample keeps its valence and arousal
 (floats in [-1, 1]) in the shard field ``va.json`` = ``{"valence": v, "arousal": a}``; the
-manifest lists ``"extras": ["va"]``.
+manifest lists ``"extras": ["va"]`` and summarises them per split (``fer_core.data.va``). A row
+whose valence or arousal is outside [-1, 1] (AffectNet writes -2 where they were not annotated)
+keeps its image and class but gets no ``va.json``: affect tasks skip it.
 
 AffectNet's test set is not public, so ``validation.csv`` becomes the test split (as in the
 literature) and val is carved out of ``training.csv``.
@@ -19,12 +21,12 @@ literature) and val is carved out of ``training.csv``.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 from fer_core.data.formats.base import SourceSample, crop_reader, safe_key
 from fer_core.data.formats.fer2013 import read_csv
+from fer_core.data.va import VA_FIELD, annotated, encode_va
 from fer_core.errors import DataError
 
 EXTRAS = ["va"]
@@ -62,7 +64,7 @@ def scan(source: Path, dropped: Counter) -> list[SourceSample]:
             if not (image_root / rel).is_file():  # checked now so that splitting sees only images that exist
                 dropped.add("missing_image", image_root / rel)
                 continue
-            extras = {"va.json": json.dumps(va).encode()}
+            extras = {VA_FIELD: encode_va(va["valence"], va["arousal"])} if annotated(**va) else {}
             reader = crop_reader(image_root / rel, box)
             samples.append(SourceSample(safe_key(str(Path(rel).with_suffix(""))), EMOTIONS[expression], split,
                                         reader, extras))
