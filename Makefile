@@ -33,6 +33,8 @@ bench: install
 	$(PY) benchmarks/encode.py
 	$(PY) benchmarks/serve.py --onnx
 	$(PY) benchmarks/fairness_synth.py
+	$(PY) benchmarks/profile_run.py
+	$(PY) benchmarks/timm_compare.py
 
 clean:
 	rm -rf $(VENV) runs data

@@ -108,7 +108,8 @@ def imagefolder_loader(folder: Path, batch_size: int, workers: int):
 def shard_loader(shards: Path, batch_size: int, workers: int, size: int):
     data = {**DEFAULTS["data"], "root": str(shards), "image_size": size, "channels": 3}
     classes = read_manifest(shards)["classes"]
-    return make_loader(data, "train", classes, batch_size, train=True, seed=0, num_workers=workers)
+    # no decoded-image cache: like ImageFolder, every pass reads and decodes the files again
+    return make_loader(data, "train", classes, batch_size, train=True, seed=0, num_workers=workers).configure(cache_mb=0)
 
 
 def cpu_seconds() -> float:
@@ -147,6 +148,18 @@ def profile(name: str, loader, limit: int = 25) -> None:
 
 def load_average() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def describe(folder: Path, shards: Path, args) -> None:
+    """What each side does, printed before the figures: both read the same images from disk every pass."""
+    console.print(f"[bold]ImageFolder[/]: {folder} ({args.n} PNG files); per sample, in {args.workers} worker(s): "
+                  f"open and read the file, PIL decode, convert to RGB, ToTensor (float [3, {args.size}, "
+                  f"{args.size}] in [0, 1]); batches collated in shared memory; shuffled indices", highlight=False)
+    console.print(f"[bold]shards[/]: {shards} (the same PNG bytes in {args.shard_size}-sample tar shards); per sample, "
+                  f"in {args.workers} worker(s): read from the tar stream, decode (libpng through torchvision's "
+                  f"operator, PIL for other images), uint8 batches; the main process makes each batch float [B, 3, "
+                  f"{args.size}, {args.size}] in [0, 1]; shard order and a 1000-sample buffer shuffle; no decoded-image "
+                  f"cache (fer run's data.cache_decoded is not used here)", highlight=False)
 
 
 def report(runs: list[dict[str, tuple[int, float, float]]], args) -> None:
@@ -198,6 +211,7 @@ def main() -> None:
             for name, loader in loaders.items():
                 profile(name, loader)
             return
+        describe(folder, shards, args)
         load_before = load_average()
         runs = []
         for _ in range(args.repeats):

@@ -60,7 +60,10 @@ from fer_core.data.loader import _image_bytes, decode_pixels
 from fer_core.data.shards import read_manifest
 from fer_core.data.sources import ensure_data
 from fer_core.data.tarstream import tar_samples
-from fer_core.optim import use_fused
+try:
+    from fer_core.optim import use_fused
+except ImportError:  # a fer-core from before optim.fused (a "before" measurement): torch's default optimiser
+    use_fused = None
 from fer_core.plugins import get_registry
 from fer_core.recipe import load_recipe
 from fer_core.recipes import locate
@@ -245,7 +248,8 @@ def run_limit(recipe: dict, tensors: dict, classes: list[str], args) -> dict:
     (x_train, y_train), batch = data["train"], train_cfg["batch_size"]
     steps = math.ceil(len(x_train) / batch)
     # the optimiser implementation fer's run picks (fused kernels unless optim.fused says otherwise)
-    fused = use_fused([{"params": [p for p in model.parameters() if p.requires_grad]}], recipe["optim"]["fused"])
+    fused = use_fused is not None and use_fused([{"params": [p for p in model.parameters() if p.requires_grad]}],
+                                                recipe["optim"].get("fused"))
     optimizer, scheduler = timm_optimiser(model, recipe, steps, fused)
     smoothing = recipe["loss"].get("label_smoothing", 0.0)
     net = maybe_compile(model, args.compile)

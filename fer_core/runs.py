@@ -168,6 +168,14 @@ class MetricsLog:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "epoch"):
                 self._tb.add_scalar(f"{prefix}/{key}", value, step)
 
+    def epoch_mean(self, field: str) -> float | None:
+        """The mean of ``field`` over the epoch records in ``metrics.jsonl`` (None without any)."""
+        if not self.enabled or not self.path.exists():
+            return None
+        values = [record[field] for record in map(json.loads, self.path.read_text().splitlines())
+                  if record.get("kind") == "epoch" and field in record]
+        return round(sum(values) / len(values), 1) if values else None
+
     def truncate_after(self, epoch: int) -> None:
         """On resume: drop records of epochs that the checkpoint does not contain."""
         if not self.enabled or not self.path.exists():

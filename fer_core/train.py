@@ -15,7 +15,6 @@ non-finite loss is caught.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import resource
@@ -32,6 +31,7 @@ from timm.utils import ModelEmaV3
 from fer_core import __version__, distributed
 from fer_core.affect import AffectTask
 from fer_core.classify import ClassificationTask
+from fer_core.compiled import CompiledOrEager
 from fer_core.data.shards import read_manifest
 from fer_core.data.sources import ensure_data, make_loader, resolve_classes, source_roots
 from fer_core.errors import FerError
@@ -105,13 +105,15 @@ def _run(recipe, out, resume, state, env, console, run_started):
     if memory_format is not None:
         model.to(memory_format=memory_format)
     options = task.loader_options()
+    # the loaders keep decoded images across epochs, and on CUDA pin their batches (the copies do not block)
+    loading = {"cache_mb": data_cfg.get("cache_decoded", 0), "pin_memory": env.device.type == "cuda",
+               "persistent_workers": data_cfg.get("persistent_workers", False)}
     train_loader = make_loader(data_cfg, "train", classes, train_cfg["batch_size"] // env.world, train=True,
                                seed=recipe["seed"], augments=task.sample_augments, rank=env.rank, world=env.world,
-                               **options).configure(**loader_settings(data_cfg, env.device))
+                               **options).configure(**loading)
     eval_split = "val" if "val" in open_split_names(data_cfg) else "test"
     val_loader = make_loader(data_cfg, eval_split, classes, eval_cfg["batch_size"], train=False,
-                             seed=recipe["seed"], rank=env.rank, world=env.world,
-                             **options).configure(**loader_settings(data_cfg, env.device))
+                             seed=recipe["seed"], rank=env.rank, world=env.world, **options).configure(**loading)
     task.prepare(val_loader)
     accumulate = train_cfg["accumulate"]
     best_metric = task.best_metric()
@@ -132,8 +134,11 @@ def _run(recipe, out, resume, state, env, console, run_started):
         if env.distributed:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    if train_cfg.get("compile"):
-        net = compiled(net, model, task, console if env.main else None)
+    if train_cfg.get("compile") and task.owns_optimisation:
+        if env.main:
+            console.print(f"train.compile: not used by task {task.name} (its component steps itself)", highlight=False)
+    elif train_cfg.get("compile"):
+        net = CompiledOrEager(net, model, console if env.main else None)
 
     # -- run directory and resume -------------------------------------------------
     counters = {"epoch": 0, "step": 0, "best": None, "best_epoch": 0, "stop_best": None, "bad_epochs": 0,
@@ -235,7 +240,9 @@ def _run(recipe, out, resume, state, env, console, run_started):
                     if scheduler is not None:
                         scheduler.step_update(counters["step"])
                     if first_step is None:
-                        first_step = first_step_time(run_started, env.device)
+                        if env.device.type == "cuda":
+                            torch.cuda.synchronize(env.device)  # once: where the first step really ends
+                        first_step = time.perf_counter() - run_started
                         if env.main:
                             progress.console.print(f"time to first step: {first_step:.1f} s", highlight=False)
                 window.add(outputs, len(inputs), counters["step"])
@@ -299,7 +306,7 @@ def _run(recipe, out, resume, state, env, console, run_started):
     test_split = "test" if "test" in open_split_names(data_cfg) else eval_split
     test_loader = make_loader(data_cfg, test_split, classes, eval_cfg["batch_size"], train=False,
                               seed=recipe["seed"], rank=env.rank, world=env.world,
-                              **options).configure(**loader_settings(data_cfg, env.device) | {"cache_mb": 0})
+                              **options).configure(**loading | {"cache_mb": 0})  # read once: nothing to keep
     result = task.evaluate(model, test_loader, autocast, final=True)
     if not env.main:
         return None
@@ -312,7 +319,7 @@ def _run(recipe, out, resume, state, env, console, run_started):
         "ema": ({"decay": train_cfg["ema_decay"], "warmup": train_cfg.get("ema_warmup", False)}
                 if ema is not None else None),
         "peak_memory_mb": peak_memory_mb(env.device), "processes": env.world,
-        "train_images_per_s": mean_rate(log.path) if env.main else None,
+        "train_images_per_s": log.epoch_mean("samples_per_s"),  # this run's epochs and a resumed run's earlier ones
         "time_to_first_step_s": round(first_step, 2) if first_step is not None else None,
     }
     task.report(run_dir, result, summary, test_loader, counters)
@@ -322,13 +329,6 @@ def _run(recipe, out, resume, state, env, console, run_started):
                       f"{summary['time_to_first_step_s']} s", highlight=False)
     log.close()
     return run_dir
-
-
-def loader_settings(data_cfg: dict, device: torch.device) -> dict[str, Any]:
-    """How the run's training and validation loaders work: decoded-image cache, persistent workers, and on
-    CUDA pinned memory (the loop's copies are non-blocking)."""
-    return {"cache_mb": data_cfg.get("cache_decoded", 0), "persistent_workers": data_cfg.get("persistent_workers", False),
-            "pin_memory": device.type == "cuda"}
 
 
 def to_device(inputs: torch.Tensor, targets: Any, keys: list[str], device: torch.device,
@@ -342,92 +342,6 @@ def to_device(inputs: torch.Tensor, targets: Any, keys: list[str], device: torch
     else:
         targets = targets.to(device, non_blocking=True)
     return Batch(inputs, targets, keys)
-
-
-def first_step_time(run_started: float, device: torch.device) -> float:
-    """Seconds from the start of ``run`` to the end of the first optimiser step (the device waited for once)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - run_started
-
-
-def mean_rate(metrics_path: Path) -> float | None:
-    """Training images/s, the mean over the epochs in the metrics log (a resumed run's earlier epochs included)."""
-    if not metrics_path.is_file():
-        return None
-    rates = [record["samples_per_s"] for record in map(json.loads, metrics_path.read_text().splitlines())
-             if record.get("kind") == "epoch" and "samples_per_s" in record]
-    return round(sum(rates) / len(rates), 1) if rates else None
-
-
-def compiled(net: torch.nn.Module, model: torch.nn.Module, task: Task, console: Console | None):
-    """``net`` compiled with torch.compile for the training steps, or ``net`` itself with one line saying why not."""
-    if task.owns_optimisation:
-        if console is not None:
-            console.print(f"train.compile: not used by task {task.name} (its component steps itself)", highlight=False)
-        return net
-    return CompiledOrEager(net, model, console)
-
-
-class CompiledOrEager:
-    """A training-step callable: torch.compile's module, falling back to the eager one for good where it fails.
-
-    Compilation happens at the first call of each new input shape; such a call runs with the
-    model's buffers and the RNG saved beforehand, so that when compiling fails the same step runs
-    eagerly from the same state (an eager run would have taken exactly these steps). An error that
-    the eager module raises too is the step's own error and is raised as it is.
-    """
-
-    backend = "inductor"
-
-    def __init__(self, net: torch.nn.Module, model: torch.nn.Module, console: Console | None):
-        self.eager, self.model, self.console = net, model, console
-        self.shapes: set[tuple] = set()
-        try:
-            self.compiled = torch.compile(net, backend=self.backend)
-        except Exception as exc:  # torch.compile itself refuses (e.g. an unsupported Python)
-            self.fall_back(exc)
-
-    def __call__(self, inputs: torch.Tensor, *args, **kwargs):
-        if self.compiled is None:
-            return self.eager(inputs, *args, **kwargs)
-        shape = tuple(inputs.shape)
-        if shape in self.shapes:
-            return self.compiled(inputs, *args, **kwargs)
-        buffers = {name: b.detach().clone() for name, b in self.model.named_buffers()}
-        rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-        try:
-            out = self.compiled(inputs, *args, **kwargs)
-        except Exception as exc:
-            with torch.no_grad():
-                for name, value in self.model.named_buffers():
-                    value.copy_(buffers[name])
-            torch.set_rng_state(rng[0])
-            if rng[1] is not None:
-                torch.cuda.set_rng_state_all(rng[1])
-            out = self.eager(inputs, *args, **kwargs)  # raises the step's own error, if it is one
-            self.fall_back(exc)
-            return out
-        self.shapes.add(shape)
-        return out
-
-    def fall_back(self, exc: Exception) -> None:
-        self.compiled = None
-        cause = exc  # torch wraps the compiler's own error (BackendCompilerFailed, InductorError): name that one
-        while getattr(cause, "inner_exception", None) or cause.__cause__:
-            cause = getattr(cause, "inner_exception", None) or cause.__cause__
-        reason = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")[:200]
-        if self.console is not None:
-            self.console.print(f"train.compile: torch.compile cannot compile this model here ({type(cause).__name__}"
-                               f"{': ' + reason if reason else ''}); training in eager mode", highlight=False,
-                               soft_wrap=True)
-
-    def train(self, mode: bool = True):
-        self.eager.train(mode)
-        return self
-
-    def no_sync(self):
-        return self.eager.no_sync()
 
 
 class Window:

@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,7 @@ data: {{root: {root}, image_size: 16, channels: 3, num_workers: {workers}, shuff
         persistent_workers: {persistent}}}
 model:
   backbone: {{name: {backbone}}}
-  head: {{name: linear}}
+  head: {{name: linear, dropout: 0.3}}
 augment: {{sample: [{{name: hflip}}]}}
 optim: {{name: adamw, lr: 1.0e-2}}
 schedule: {{name: none}}
@@ -269,7 +270,7 @@ def test_profile_run_accounts_for_the_steps_of_a_real_run(tmp_path):
     steps = -(-train // 16)
     assert json.loads((tmp_path / "p.json").read_text())["steps"] == result["steps"] == steps
     rows = {row["stage"]: row for row in result["rows"]}
-    for stage in ("forward", "backward", "optimizer", "decode", "evaluate", "checkpoint", "report", "loop"):
+    for stage in ("forward", "backward", "optimizer", "decode", "evaluate", "checkpoint", "report", "setup"):
         assert rows[stage]["seconds"] > 0, stage
     assert rows["forward"]["calls"] == rows["backward"]["calls"] == steps and rows["decode"]["where"] == "main"
     assert sum(row["seconds"] for row in result["rows"] if row["where"] != "thread") == pytest.approx(
@@ -293,3 +294,29 @@ def test_gpu_benchmark_smoke_runs_on_a_cpu(tmp_path):
     for r in result["results"]:
         assert r["bare"]["images_per_s"] > 0 and r["fer"]["images_per_s"] > 0 and r["ratio"] > 0
         assert r["bare"]["utilisation"] is None  # no GPU to sample
+
+
+def test_pinned_batches_come_in_order_from_a_background_thread(shards, monkeypatch):
+    # no CUDA here: page-locking is the identity, the thread and its hand-over are real
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self.clone())
+    data = {**DEFAULTS["data"], "root": str(shards), "image_size": 12, "channels": 3, "shuffle_buffer": 20}
+    plain = make_loader(data, "train", CLASSES, 8, train=True, seed=3, num_workers=1)
+    pinned = make_loader(data, "train", CLASSES, 8, train=True, seed=3, num_workers=1).configure(pin_memory=True)
+    same([(x, y, k) for x, y, k in plain] + [sorted(plain.corrupt)],
+         [(x, y, k) for x, y, k in pinned] + [sorted(pinned.corrupt)])
+    first = next(iter(pinned))  # leaving early stops the thread (no hang)
+    assert first[0].shape[0] == 8
+    assert not [t for t in threading.enumerate() if t.name == "fer-pin-memory"]
+
+
+def test_pinned_batches_raise_the_loader_error(monkeypatch):
+    from fer_core.data.prefetch import pinned as _pinned
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self.clone())
+
+    def failing():
+        yield torch.zeros(2), torch.zeros(2), ["a", "b"]
+        raise ValueError("shard broke")
+
+    with pytest.raises(ValueError, match="shard broke"):
+        list(_pinned(failing()))

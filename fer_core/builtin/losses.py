@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_core.errors import RecipeError
-from fer_core.constraints import Range
+from fer_core.constraints import Range, short
 
 
 def class_weight_tensor(
@@ -26,7 +26,7 @@ def class_weight_tensor(
         counts = torch.tensor(class_counts, dtype=torch.float64).clamp_min(1)
         return (counts.sum() / (len(counts) * counts)).float()
     if isinstance(spec, str) or len(spec) != num_classes:
-        raise RecipeError(f"class weights must be 'auto' or a list of {num_classes} numbers, got {spec!r}")
+        raise RecipeError(f"class weights must be 'auto' or a list of {num_classes} numbers, got {short(spec)}")
     return torch.tensor([float(w) for w in spec])
 
 

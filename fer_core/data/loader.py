@@ -26,9 +26,7 @@ import io
 import itertools
 import json
 import math
-import queue
 import random
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,14 +37,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import shuffle as wds_shuffle
 from webdataset.tariterators import tarfile_samples
 
+from fer_core.data.decoded import PIXELS, DecodedCache
 from fer_core.data.images import pil_pixels
 from fer_core.data.mixture import PassStream, interleave, shares, slot_range, stable_seed
+from fer_core.data.prefetch import pinned
 from fer_core.data.tarstream import tar_samples
 from fer_core.data.va import VA_FIELD, parse_va
 from fer_core.errors import DataError
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp")
-PIXELS = "__pixels__"  # a cached sample's decoded image (or the error decoding it raised), in place of its bytes
 
 
 @dataclass
@@ -256,13 +255,17 @@ def _png_decoder():
         from torchvision.io import ImageReadMode, decode_png
     except ImportError:
         return None
-    return decode_png, ImageReadMode
+    try:  # the operator behind decode_png, without its per-call usage log and deprecation warning (~10% of a decode)
+        op = torch.ops.image.decode_png
+    except (AttributeError, RuntimeError):
+        return decode_png, ImageReadMode
+    return (lambda data, mode: op(data, mode.value, False)), ImageReadMode
 
 
 def pixels_to_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [..., H, W, C] -> contiguous float [..., C, H, W] in [0, 1] (one image or a stacked batch)."""
     source = (torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels).movedim(-1, -3)
-    return torch.div(source, 255, out=torch.empty(source.shape, dtype=torch.float32))  # one pass; exact as ever
+    return torch.empty(source.shape, dtype=torch.float32).copy_(source).div_(255)
 
 
 class ShardStream(IterableDataset):
@@ -336,8 +339,10 @@ class ShardStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         slot_seed = stable_seed(self.seed, self.epoch, self.rank, worker)
         rng = random.Random(slot_seed)
-        if info is not None:
+        if info is not None:  # every RNG an augment may draw from, seeded per slot and epoch (persistent workers too)
             torch.manual_seed(slot_seed)
+            random.seed(slot_seed)
+            np.random.seed(slot_seed)
         parts = []
         for source, stream, draws in zip(self.sources, self.streams, self.draws):
             a, b = slot_range(draws, self.rank, self.world, worker, workers)
@@ -452,67 +457,6 @@ def pixel_augments(augments: Sequence) -> bool:
     return all(callable(getattr(augment, "on_pixels", None)) for augment in augments)
 
 
-class DecodedCache:
-    """A stream's decoded images, kept in memory across epochs (``data.cache_decoded``).
-
-    Filled once, before the stream is first read, with every kept sample of the shards it reads
-    (decoded in the loader's worker processes, a shard at a time); the stream then takes each
-    shard's items from here instead of reading and decoding the shard, in the same order, so its
-    batches are exactly those it delivers without the cache. Samples keep their fields but the
-    image bytes, which the decoded uint8 pixels replace (``PIXELS``; a sample that failed to decode
-    keeps its error, raised again where it would have been).
-    """
-
-    def __init__(self, stream: ShardStream):
-        self.keys = [(i, s) for i, (source, draws) in enumerate(zip(stream.sources, stream.draws)) if draws
-                     for s, kept in enumerate(source.shard_kept) if kept]
-        self.names = [(str(stream.sources[i].root), stream.sources[i].split) for i in range(len(stream.sources))]
-        self.shards: dict[tuple[str, str, int], list[tuple]] = {}
-        side, channels = stream.decoder.image_size, stream.decoder.channels
-        samples = sum(stream.sources[i].shard_kept[s] for i, s in self.keys)
-        self.megabytes = samples * side * side * channels / 2**20
-
-    def items(self, source: SourceSplit, shard: int) -> list[tuple] | None:
-        return self.shards.get((str(source.root), source.split, shard))
-
-    def fill(self, stream: ShardStream, workers: int) -> None:
-        # its own generator: filling happens at the first epoch a process reads, so drawing the workers'
-        # seeds from the global RNG would shift a resumed run's random numbers against the straight run's
-        reader = DataLoader(_ShardDecoder(stream, self.keys), batch_size=None, collate_fn=_as_is,
-                            num_workers=min(workers, len(self.keys)), generator=torch.Generator().manual_seed(0))
-        for (i, s), items, pixels in reader:
-            for sample, _, _ in items:
-                if isinstance(sample, dict) and isinstance(sample[PIXELS], int):
-                    sample[PIXELS] = pixels[sample[PIXELS]]
-            self.shards[(*self.names[i], s)] = items
-
-
-class _ShardDecoder(torch.utils.data.Dataset):
-    """Shard ``keys[n]`` of a stream -> (key, its kept items without image bytes, their pixels [N, H, W, C])."""
-
-    def __init__(self, stream: ShardStream, keys: list[tuple[int, int]]):
-        self.stream, self.keys = stream, keys
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, n: int):
-        i, s = self.keys[n]
-        decoder, items, images = self.stream.decoder, [], []
-        for sample, label, where in self.stream._kept(self.stream.sources[i], s):
-            if isinstance(sample, dict):
-                try:
-                    pixels: int | Exception = len(images)
-                    images.append(decoder.pixels(sample))
-                except Exception as exc:
-                    pixels = exc
-                sample = {k: v for k, v in sample.items() if k not in IMAGE_KEYS} | {PIXELS: pixels}
-            items.append((sample, label, where))
-        side, channels = decoder.image_size, decoder.channels
-        pixels = np.stack(images) if images else np.empty((0, side, side, channels), np.uint8)
-        return (i, s), items, pixels
-
-
 def _collate(inputs, targets, keys, corrupt) -> dict:
     if not inputs:
         return {"inputs": None, "targets": None, "keys": keys, "corrupt": corrupt}
@@ -569,12 +513,12 @@ class EpochLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         if self.pin_memory and self.num_workers:  # the workers own their RNG: a thread may drive them
-            return _pinned(self._batches())
+            return pinned(self._batches())
         return self._batches()
 
     def _dataloader(self) -> DataLoader:
         if self.stream.cache is None and self.cache_mb and not self.stream.decoder.latent:
-            cache = DecodedCache(self.stream)
+            cache = DecodedCache(self.stream, IMAGE_KEYS)
             if cache.megabytes <= self.cache_mb:
                 cache.fill(self.stream, self.num_workers)
                 self.stream.cache = cache
@@ -582,9 +526,9 @@ class EpochLoader:
         if self._loader is not None:
             return self._loader
         persistent = self.persistent_workers and self.num_workers > 0
-        # persistent workers start once per process: a seed drawn from the global RNG would shift a resumed
-        # run's random numbers against the straight run's (the slots seed themselves per epoch anyway)
-        generator = torch.Generator().manual_seed(self.stream.seed) if persistent else None
+        # persistent workers start once per process: their DataLoader draws its seed from its own generator,
+        # not from the global RNG, or a resumed run's random numbers would be shifted against the straight run's
+        generator = torch.Generator().manual_seed(stable_seed(self.stream.seed, self.stream.rank)) if persistent else None
         loader = DataLoader(self.stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
                             persistent_workers=persistent, prefetch_factor=4 if self.num_workers else None,
                             generator=generator)
@@ -647,50 +591,6 @@ def _delivered(batch: dict) -> tuple[torch.Tensor, torch.Tensor | dict[str, torc
     targets are a tensor, or with valence/arousal ``{"label": ..., "va": [B, 2]}``."""
     inputs = batch["inputs"]
     return pixels_to_tensor(inputs) if inputs.dtype == torch.uint8 else inputs, batch["targets"], batch["keys"]
-
-
-def _pinned(batches: Iterator[tuple], ahead: int = 2) -> Iterator[tuple]:
-    """``batches`` made ready ``ahead`` at a time in a background thread, their tensors page-locked (CUDA)."""
-    ready: queue.Queue = queue.Queue(maxsize=ahead)
-    stop = threading.Event()
-    end = object()
-
-    def offer(item) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def pin(value):
-        return {k: v.pin_memory() for k, v in value.items()} if isinstance(value, dict) else value.pin_memory()
-
-    def produce() -> None:
-        try:
-            for inputs, targets, keys in batches:
-                if not offer((inputs.pin_memory(), pin(targets), keys)):
-                    return
-            offer(end)
-        except BaseException as exc:  # handed to the consumer, raised there
-            offer(exc)
-        finally:
-            batches.close()
-
-    thread = threading.Thread(target=produce, name="fer-pin-memory", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ready.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _as_is(batch: dict) -> dict:
