@@ -23,7 +23,8 @@ averaged over epochs; wall time is the whole run of each side (fer: the ``run`` 
 checkpoints, test evaluation and report; timm-style: from building the model to the test
 accuracy; limit: its training plus its validation). ``--channels-last``/``--compile``
 apply an option to every side, so an option that speeds up the compute is measured against a
-limit that has it too. With ``--repeats`` the sides are interleaved and the median is printed.
+limit that has it too. With ``--repeats`` the sides are interleaved in alternating order
+(fer, timm, limit, then limit, timm, fer, ...) and the median is printed.
 
     python benchmarks/timm_compare.py                         # the quickstart at its size (minutes)
     python benchmarks/timm_compare.py --n 1400 --epochs 2     # a quick look
@@ -303,8 +304,10 @@ def compare(args) -> dict:
                    for split in ("train", "val", "test")}
     load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {side: [] for side in sides}
-    for _ in range(args.repeats):  # interleaved, so every side sees the same machine load
-        for side in sides:
+    for repeat in range(args.repeats):
+        # interleaved, in alternating order (fer-timm-limit, limit-timm-fer, ...): a machine whose speed
+        # drifts over minutes favours neither the first side nor the last
+        for side in sides if repeat % 2 == 0 else sides[::-1]:
             if side == "fer":
                 runs[side].append(run_fer(recipe, args))
             elif side == "timm":

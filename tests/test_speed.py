@@ -63,9 +63,9 @@ def shards(tmp_path_factory) -> Path:
     return root
 
 
-def batches(root: Path, split: str, *, cache: bool, workers: int, epochs: int = 2, augments=()) -> list:
+def batches(root: Path, split: str, *, cache: bool, workers: int, epochs: int = 2, augments=(), size: int = 8) -> list:
     data = {**DEFAULTS["data"], "root": str(root), "image_size": 12, "channels": 3, "shuffle_buffer": 20}
-    loader = make_loader(data, split, CLASSES, 8, train=split == "train", seed=3, augments=augments,
+    loader = make_loader(data, split, CLASSES, size, train=split == "train", seed=3, augments=augments,
                          num_workers=workers).configure(cache_mb=64 if cache else 0)
     out = []
     for epoch in range(epochs):
@@ -320,3 +320,24 @@ def test_pinned_batches_raise_the_loader_error(monkeypatch):
 
     with pytest.raises(ValueError, match="shard broke"):
         list(_pinned(failing()))
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_cached_batches_come_from_the_worker_slots_in_process(shards, workers, monkeypatch):
+    """With every image in memory, the workers' slots are stepped in this process: the DataLoader's very batches
+    (its round-robin over slots, some exhausted before others), no worker process, the caller's RNGs untouched."""
+    augments, size = [hflip(0.5)], 11
+    plain = batches(shards, "train", cache=False, workers=workers, augments=augments, size=size)
+    iterated = []
+    real_iter = torch.utils.data.DataLoader.__iter__
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__", lambda self: iterated.append(self) or real_iter(self))
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    cached = batches(shards, "train", cache=True, workers=workers, augments=augments, size=size)
+    assert torch.equal(torch.get_rng_state(), before)
+    same(plain, cached)
+    assert len(iterated) == 1  # the cache fill's; the epochs start no worker processes
+    loader = make_loader({**DEFAULTS["data"], "root": str(shards), "image_size": 12, "channels": 3}, "train",
+                         CLASSES, size, train=True, seed=3)
+    lengths = [len(list(loader.stream.slot(w, workers, seed_rngs=False))) for w in range(workers)]
+    assert workers == 2 or len(set(lengths)) > 1, lengths  # with 4 slots, some run out before the others

@@ -27,7 +27,7 @@ import itertools
 import json
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from fer_core.data.decoded import PIXELS, DecodedCache
 from fer_core.data.images import pil_pixels
 from fer_core.data.mixture import PassStream, interleave, shares, slot_range, stable_seed
 from fer_core.data.prefetch import pinned
+from fer_core.data.slots import in_process
 from fer_core.data.tarstream import tar_samples
 from fer_core.data.va import VA_FIELD, parse_va
 from fer_core.errors import DataError
@@ -336,10 +337,13 @@ class ShardStream(IterableDataset):
     # -- iteration (runs inside each worker) ----------------------------------
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        return self.slot(info.id, info.num_workers, seed_rngs=True) if info else self.slot(0, 1, seed_rngs=False)
+
+    def slot(self, worker: int, workers: int, seed_rngs: bool) -> Iterator[dict]:
+        """The batches of worker slot ``worker`` of ``workers``: the worker process's whole stream."""
         slot_seed = stable_seed(self.seed, self.epoch, self.rank, worker)
         rng = random.Random(slot_seed)
-        if info is not None:  # every RNG an augment may draw from, seeded per slot and epoch (persistent workers too)
+        if seed_rngs:  # every RNG an augment may draw from, seeded per slot and epoch (persistent workers too)
             torch.manual_seed(slot_seed)
             random.seed(slot_seed)
             np.random.seed(slot_seed)
@@ -516,13 +520,20 @@ class EpochLoader:
             return pinned(self._batches())
         return self._batches()
 
-    def _dataloader(self) -> DataLoader:
+    def _source(self) -> Iterable[dict]:
+        """The stream's batches: from the DataLoader, or with every image decoded in memory and batches not
+        pinned, from its workers' slots stepped in this process (``fer_core.data.slots``)."""
         if self.stream.cache is None and self.cache_mb and not self.stream.decoder.latent:
             cache = DecodedCache(self.stream, IMAGE_KEYS)
             if cache.megabytes <= self.cache_mb:
                 cache.fill(self.stream, self.num_workers)
                 self.stream.cache = cache
             self.cache_mb = 0  # decided once
+        if self.stream.cache is not None and self.num_workers and not self.pin_memory:
+            return in_process(self.stream, self.num_workers)
+        return self._dataloader()
+
+    def _dataloader(self) -> DataLoader:
         if self._loader is not None:
             return self._loader
         persistent = self.persistent_workers and self.num_workers > 0
@@ -539,7 +550,7 @@ class EpochLoader:
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         self.corrupt = []
         size, expected = self.stream.batch_size, len(self)
-        loader = self._dataloader()
+        loader = self._source()
         pending: list[dict] = []
         delivered = 0
         last = None
@@ -568,7 +579,7 @@ class EpochLoader:
             delivered += 1
             yield _delivered(last)
 
-    def _isolated(self, loader: DataLoader) -> Iterator[dict]:
+    def _isolated(self, loader: Iterable[dict]) -> Iterator[dict]:
         """Without workers, sample augments must not consume the training RNG."""
         if self.num_workers:
             yield from loader
