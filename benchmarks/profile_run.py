@@ -3,7 +3,8 @@
 Runs ``fer_core.train.run`` on a recipe (default: the packaged quickstart) with timers wrapped
 around the real loop's pieces (module functions and methods patched in place; nothing of the
 loop is copied): reading shards, decoding, augmenting, converting to float, collating (in the
-loader workers, or in the main process without workers), waiting for batches, host->device
+loader workers; in the main process without workers, or for a split held decoded in memory
+on the CPU), waiting for batches, host->device
 copies, forward + loss, backward, the optimiser, EMA, the schedule, the step bookkeeping and
 logging, the progress display, and per epoch the validation, checkpoints and the report.
 
@@ -49,12 +50,12 @@ from fer_core.recipes import locate
 
 # (stage, where it runs, what it is); the order is the table's when costs tie
 STAGES = {
-    "read": ("workers", "reading shards (tar framing, sample dicts)"),
-    "decode": ("workers", "decoding images (PNG/JPEG -> uint8)"),
-    "augment": ("workers", "sample augments"),
-    "to_float": ("workers", "uint8 -> float conversion of samples"),
-    "collate": ("workers", "collating samples into batches"),
-    "stream": ("workers", "the rest of the stream: shard order, interleaving, shuffle buffer"),
+    "read": ("loader", "reading shards (tar framing, sample dicts)"),
+    "decode": ("loader", "decoding images (PNG/JPEG -> uint8)"),
+    "augment": ("loader", "sample augments"),
+    "to_float": ("loader", "uint8 -> float conversion of samples"),
+    "collate": ("loader", "collating samples into batches"),
+    "stream": ("loader", "the rest of the stream: shard order, interleaving, shuffle buffer"),
     "first_batch": ("main", "first batch of each epoch (loader start-up)"),
     "cache": ("main", "filling the decoded-image cache (once; its decoding in workers is under decoding)"),
     "wait": ("main", "waiting for the next batch (worker hand-over)"),
@@ -202,14 +203,14 @@ def patched(timers: Timers, torch_profile: int):
     patch(L, "_merge", timers.wrap("merge", L._merge))
     patch(L, "_split", timers.wrap("merge", L._split))
     patch(L, "_delivered", timers.wrap("deliver", L._delivered))
-    stream_iter = timers.wrap_generator("stream", L.ShardStream.__iter__)
+    stream_slot = timers.wrap_generator("stream", L.ShardStream.slot)
 
-    def shard_stream_iter(self):
+    def shard_stream_slot(self, *args, **kwargs):
         if torch.utils.data.get_worker_info() is not None:  # a worker reads one stream: its phase
             timers.phase = "train" if self.train else "eval"
-        yield from stream_iter(self)
+        yield from stream_slot(self, *args, **kwargs)
 
-    patch(L.ShardStream, "__iter__", shard_stream_iter)
+    patch(L.ShardStream, "slot", shard_stream_slot)
     patch(L.EpochLoader, "__iter__", timers.wrap_generator("wait", L.EpochLoader.__iter__, first="first_batch"))
     if hasattr(L, "DecodedCache"):
         patch(L.DecodedCache, "fill", timers.wrap("cache", L.DecodedCache.fill))
@@ -353,7 +354,6 @@ def _cpu() -> tuple[float, float]:
 def collect(timers: Timers, marks: dict, started: float, recipe: dict, summary: dict, rates: list[float],
             wall: float, cpu_main: float, cpu_children: float, load_before, torch_table) -> dict:
     steps, train_time = marks["steps"], summary["train_time_s"]
-    in_workers = recipe["data"]["num_workers"] > 0
     rows, timed_main = [], 0.0
     for name, (where, what) in STAGES.items():
         if name in ("loop", "setup", "finish"):
@@ -362,8 +362,12 @@ def collect(timers: Timers, marks: dict, started: float, recipe: dict, summary: 
             seconds, calls = timers.total(name, range(0, 1), "run")
         elif where == "thread":
             seconds, calls = timers.total(name, range(1, 2))
-        elif where == "workers" and in_workers:
-            seconds, calls = timers.total(name, range(2, SLOTS))
+        elif where == "loader":  # in the worker processes, or in the main process (cached splits on the CPU)
+            main_s, main_calls = timers.total(name, range(0, 1))
+            worker_s, worker_calls = timers.total(name, range(2, SLOTS))
+            seconds, calls = main_s + worker_s, main_calls + worker_calls
+            where = "main+workers" if main_s and worker_s else ("main" if main_s else "workers")
+            timed_main += main_s
         else:
             seconds, calls = timers.total(name, range(0, 1))
             where = "main"
@@ -400,7 +404,7 @@ def show(result: dict, console: Console) -> None:
              f"{result['workers']} workers, {result['threads']} threads — {result['step_ms']:.1f} ms per step, "
              f"{result['train_images_per_s'] or 0:.0f} img/s")
     table = Table(title=title, caption="exclusive wall time; per-epoch and per-run costs spread over the steps; "
-                                       "worker rows run beside the main process")
+                                       "rows in workers run beside the main process")
     for column, justify in (("#", "right"), ("stage", "left"), ("where", "left"), ("ms/step", "right"),
                             ("% of run", "right"), ("calls", "right")):
         table.add_column(column, justify=justify)
