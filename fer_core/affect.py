@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fer_core.affect_eval import evaluate_affect
-from fer_core.classify import ClassificationTask, measure_throughput
+from fer_core.classify import ClassificationTask
 from fer_core.evaluate import report_table
 from fer_core.errors import RecipeError
 from fer_core.affect_report import affect_table, write_affect_report
@@ -85,9 +85,10 @@ class AffectTask(ClassificationTask):
 
     def evaluate(self, module: torch.nn.Module, loader, autocast: Autocast, final: bool = False) -> dict[str, Any]:
         s = self.setup
-        return evaluate_affect(module, loader, self.slices, len(s.classes), s.env.device, encoded=self.encoded,
-                               amp_dtype=s.amp_dtype, loss_fn=None if final else self.loss_fn,
-                               tta=self.recipe["eval"]["tta"] if final else None, points=final)
+        with self.clocked(module, final):
+            return evaluate_affect(module, loader, self.slices, len(s.classes), s.env.device, encoded=self.encoded,
+                                   amp_dtype=s.amp_dtype, loss_fn=None if final else self.loss_fn,
+                                   tta=self.recipe["eval"]["tta"] if final else None, points=final)
 
     def epoch_line(self, record: Mapping[str, Any], split_name: str) -> str:
         line = (f"train loss {record['train_loss']:.4f}, {split_name} valence CCC {record['val_valence_ccc']:.4f}, "
@@ -105,8 +106,7 @@ class AffectTask(ClassificationTask):
         summary.update({
             "test": test, "outputs": self.slices,
             "trainable_parameters": trainable, "tta": self.recipe["eval"]["tta"] if not self.encoded else None,
-            "inference_images_per_s": measure_throughput(self.model, next(iter(loader))[0], s.env.device,
-                                                         s.amp_dtype, encoded=self.encoded),
+            "inference_images_per_s": self.clock.images_per_s(),
             "inference_input": "latents" if self.encoded else "images",
         })
         write_affect_report(run_dir, name, result, s.classes, split_name, {"summary": summary})

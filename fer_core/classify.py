@@ -77,8 +77,17 @@ class ClassificationTask(Task):
 
     def evaluate(self, module: torch.nn.Module, loader, autocast: Autocast, final: bool = False) -> dict[str, Any]:
         s = self.setup
-        return evaluate(module, loader, len(s.classes), s.env.device, encoded=self.encoded, amp_dtype=s.amp_dtype,
-                        loss_fn=None if final else self.loss_fn, tta=self.recipe["eval"]["tta"] if final else None)
+        with self.clocked(module, final):
+            return evaluate(module, loader, len(s.classes), s.env.device, encoded=self.encoded,
+                            amp_dtype=s.amp_dtype, loss_fn=None if final else self.loss_fn,
+                            tta=self.recipe["eval"]["tta"] if final else None)
+
+    def clocked(self, module: torch.nn.Module, final: bool):
+        """The final evaluation's forward passes timed for the report's ``inference_images_per_s``."""
+        if not final:
+            return contextlib.nullcontext()
+        self.clock = ForwardClock(module, self.setup.env.device)
+        return self.clock
 
     def model_state(self) -> dict[str, torch.Tensor]:
         return model_state(self.recipe, self.model)
@@ -97,8 +106,7 @@ class ClassificationTask(Task):
         summary.update({
             "test": {k: result[k] for k in ("accuracy", "f1_macro", "f1_weighted")},
             "trainable_parameters": trainable, "tta": self.recipe["eval"]["tta"] if not self.encoded else None,
-            "inference_images_per_s": measure_throughput(self.model, next(iter(loader))[0], s.env.device,
-                                                         s.amp_dtype, encoded=self.encoded),
+            "inference_images_per_s": self.clock.images_per_s(),
             "inference_input": "latents" if self.encoded else "images",
         })
         write_report(run_dir, name, result, s.classes, split, {"summary": summary})
@@ -106,20 +114,47 @@ class ClassificationTask(Task):
         s.console.print(f"run directory: {run_dir}  (report.md, summary.json, checkpoints/)", highlight=False)
 
 
-@torch.no_grad()
-def measure_throughput(model, inputs: torch.Tensor, device, amp_dtype, repeats: int = 3,
-                       encoded: bool = False) -> float:
-    """Images per second of a forward pass on one evaluation batch (of cached latents when ``encoded``)."""
-    model.eval()
-    inputs = inputs.to(device)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-    with autocast:
-        model(inputs, encoded=encoded)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            model(inputs, encoded=encoded)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return round(repeats * len(inputs) / (time.perf_counter() - start), 1)
+class ForwardClock:
+    """Images per second of a module's forward passes while the clock is attached (forward hooks).
+
+    Reads what an evaluation already does instead of running the model again: on the CPU each pass
+    is timed on the host; on CUDA by a pair of events per pass, read once at the end (no host wait
+    per batch). A pass's images are its first argument's batch size (with flip TTA, both passes).
+    """
+
+    def __init__(self, module: torch.nn.Module, device: torch.device):
+        self.module, self.cuda = module, device.type == "cuda"
+        self.seconds, self.images, self.events, self._started = 0.0, 0, [], None
+        self.handles: list = []
+
+    def __enter__(self) -> ForwardClock:
+        self.handles = [self.module.register_forward_pre_hook(self._before),
+                        self.module.register_forward_hook(self._after)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _before(self, module, args) -> None:
+        if self.cuda:
+            self._started = torch.cuda.Event(enable_timing=True)
+            self._started.record()
+        else:
+            self._started = time.perf_counter()
+
+    def _after(self, module, args, output) -> None:
+        self.images += len(args[0])
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.events.append((self._started, end))
+        else:
+            self.seconds += time.perf_counter() - self._started
+
+    def images_per_s(self) -> float | None:
+        if self.events:
+            self.events[-1][1].synchronize()
+            self.seconds += sum(start.elapsed_time(end) for start, end in self.events) / 1000
+            self.events = []
+        return round(self.images / self.seconds, 1) if self.seconds > 0 else None

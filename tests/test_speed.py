@@ -201,6 +201,7 @@ def test_channels_last_and_persistent_workers_train_and_report_their_speed(tmp_p
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["test"]["accuracy"] > 0.6  # three colours: chance is 1/3
     assert summary["train_images_per_s"] > 0 and summary["time_to_first_step_s"] > 0
+    assert summary["inference_images_per_s"] > 0  # timed on the final test evaluation's forward passes
     text = out.getvalue()
     assert "time to first step:" in text and "images/s (mean of epochs)" in text
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
@@ -341,3 +342,16 @@ def test_cached_batches_come_from_the_worker_slots_in_process(shards, workers, m
                          CLASSES, size, train=True, seed=3)
     lengths = [len(list(loader.stream.slot(w, workers, seed_rngs=False))) for w in range(workers)]
     assert workers == 2 or len(set(lengths)) > 1, lengths  # with 4 slots, some run out before the others
+
+
+def test_forward_clock_times_the_passes_it_sees_and_detaches():
+    from fer_core.classify import ForwardClock
+
+    model = torch.nn.Linear(4, 2)
+    with ForwardClock(model, torch.device("cpu")) as clock:
+        for size in (5, 5, 3):
+            model(torch.randn(size, 4))
+    model(torch.randn(7, 4))  # after the clock is detached: not counted
+    assert clock.images == 13 and clock.seconds > 0
+    assert clock.images_per_s() == pytest.approx(13 / clock.seconds, rel=0.01)
+    assert ForwardClock(model, torch.device("cpu")).images_per_s() is None  # nothing seen: no figure
