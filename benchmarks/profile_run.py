@@ -78,7 +78,7 @@ STAGES = {
     "epoch_end": ("epoch", "task.epoch_end and the epoch line"),
     "setup": ("run", "set-up before the first step (data check, model, loaders)"),
     "test": ("run", "final test evaluation (with TTA)"),
-    "report": ("run", "report (throughput, plots, report.json/md)"),
+    "report": ("run", "report (tables, plots, report.json/md)"),
     "finish": ("run", "the rest of the run (best.pt reload, summary)"),
 }
 NAMES = list(STAGES)
