@@ -169,8 +169,9 @@ SCHEMA: dict[str, Any] = {
                                       "starting them every epoch"),
         "cache_decoded": integer(2048, 0, 1_048_576, "MiB of decoded images kept in memory across epochs (per "
                                  "process): a training or validation split whose decoded images fit is decoded once, "
-                                 "before its first epoch, and read from memory afterwards, with the same batches (made in the main "
-                                 "process unless they are pinned for CUDA: no worker processes then); "
+                                 "before its first epoch, and read from memory afterwards, with the same batches "
+                                 "(made in the main process unless they are pinned for CUDA: no worker processes "
+                                 "then); "
                                  "0: decode every epoch"),
         "shuffle_buffer": integer(1000, 0, BIG, "samples held in the streaming shuffle buffer (0 or 1: no "
                                   "shuffling beyond the shard order)"),

@@ -342,7 +342,7 @@ class ShardStream(IterableDataset):
     def __len__(self) -> int:
         return self.num_batches()
 
-    # -- iteration (runs inside each worker) ----------------------------------
+    # -- iteration (each slot in its worker, or stepped in the main process: fer_core.data.slots) --
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         return self.slot(info.id, info.num_workers, seed_rngs=True) if info else self.slot(0, 1, seed_rngs=False)
@@ -547,7 +547,8 @@ class EpochLoader:
         persistent = self.persistent_workers and self.num_workers > 0
         # persistent workers start once per process: their DataLoader draws its seed from its own generator,
         # not from the global RNG, or a resumed run's random numbers would be shifted against the straight run's
-        generator = torch.Generator().manual_seed(stable_seed(self.stream.seed, self.stream.rank)) if persistent else None
+        generator = (torch.Generator().manual_seed(stable_seed(self.stream.seed, self.stream.rank))
+                     if persistent else None)
         loader = DataLoader(self.stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
                             persistent_workers=persistent, prefetch_factor=4 if self.num_workers else None,
                             generator=generator)
