@@ -35,6 +35,8 @@ bench: install
 	$(PY) benchmarks/fairness_synth.py
 	$(PY) benchmarks/profile_run.py
 	$(PY) benchmarks/timm_compare.py
+	$(PY) benchmarks/limit_paired.py
+	$(PY) benchmarks/allocator.py
 
 clean:
 	rm -rf $(VENV) runs data

@@ -70,7 +70,7 @@ STAGES = {
     "schedule": ("main", "learning-rate schedule"),
     "window": ("main", "step bookkeeping (loss sums on the device, their read-out)"),
     "log": ("main", "metrics log (jsonl + TensorBoard)"),
-    "progress": ("main", "progress display (updates)"),
+    "progress": ("main", "progress display (updates, redraws between steps)"),
     "refresh": ("thread", "progress display (refresh thread, concurrent)"),
     "loop": ("main", "the loop's own Python (the rest of the training time)"),
     "evaluate": ("epoch", "validation (per epoch, with its loading)"),
@@ -239,6 +239,7 @@ def patched(timers: Timers, torch_profile: int):
     patch(train_module.MetricsLog, "log", timers.wrap("log", train_module.MetricsLog.log))
     patch(train_module, "save_epoch_checkpoints", timers.wrap_phase("checkpoint", train_module.save_epoch_checkpoints))
     patch(Progress, "update", timers.wrap("progress", Progress.update))
+    patch(Progress, "refresh", timers.wrap("progress", Progress.refresh))
     add_task = timers.wrap("progress", Progress.add_task)
 
     def first_add_task(self, *args, **kwargs):  # the loop adds an epoch's bar right before its first batch
@@ -291,7 +292,7 @@ def _evaluate_timer(timers: Timers, evaluate):
 def _refresh_timer(timers: Timers, refresh):
     @functools.wraps(refresh)
     def timed(self):
-        if threading.current_thread() is MAIN_THREAD:  # the loop's own updates: already "progress"
+        if threading.current_thread() is MAIN_THREAD:  # the loop's own redraws: already "progress"
             return refresh(self)
         with timers.section("refresh"):
             return refresh(self)

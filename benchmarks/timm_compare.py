@@ -24,7 +24,11 @@ checkpoints, test evaluation and report; timm-style: from building the model to 
 accuracy; limit: its training plus its validation). ``--channels-last``/``--compile``
 apply an option to every side, so an option that speeds up the compute is measured against a
 limit that has it too. With ``--repeats`` the sides are interleaved in alternating order
-(fer, timm, limit, then limit, timm, fer, ...) and the median is printed.
+(fer, timm, limit, then limit, timm, fer, ...) and the median is printed. Every side runs with
+glibc's malloc as `fer run` sets it (``fer_core.allocator``; ``FER_MALLOC_TUNE=0``: as it is), so
+this compares the loops, not the allocator (``allocator.py`` measures that). The machine's speed
+drifts between runs taken one after the other: ``limit_paired.py`` measures the limit inside
+`fer run` instead.
 
     python benchmarks/timm_compare.py                         # the quickstart at its size (minutes)
     python benchmarks/timm_compare.py --n 1400 --epochs 2     # a quick look
@@ -65,6 +69,11 @@ try:
     from fer_core.optim import use_fused
 except ImportError:  # a fer-core from before optim.fused (a "before" measurement): torch's default optimiser
     use_fused = None
+try:
+    from fer_core.allocator import tune_malloc
+except ImportError:  # a fer-core from before the allocator tuning
+    def tune_malloc() -> bool:
+        return False
 from fer_core.plugins import get_registry
 from fer_core.recipe import load_recipe
 from fer_core.recipes import locate
@@ -236,48 +245,67 @@ def timm_accuracy(model, loader, channels_last: bool) -> float:
     return correct / total
 
 
+class LimitLoop:
+    """The compute limit: the model, optimiser, schedule and loss stepping through shuffled batches of normalised
+    tensors in memory (no augment, no data path, no bookkeeping), and its validation on in-memory tensors."""
+
+    def __init__(self, recipe: dict, tensors: dict, classes: list[str], args):
+        self.recipe, self.batch = recipe, recipe["train"]["batch_size"]
+        seed_all(recipe["seed"])
+        self.model = timm_model(recipe, len(classes), args.channels_last)
+        mean = torch.tensor(self.model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(self.model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+        self.data = {split: ((x.float() / 255 - mean) / std, y) for split, (x, y) in tensors.items()}
+        if args.channels_last:
+            self.data = {s: (x.contiguous(memory_format=torch.channels_last), y) for s, (x, y) in self.data.items()}
+        self.steps = math.ceil(len(self.data["train"][0]) / self.batch)
+        # the optimiser implementation fer's run picks (fused kernels unless optim.fused says otherwise)
+        fused = use_fused is not None and use_fused(
+            [{"params": [p for p in self.model.parameters() if p.requires_grad]}], recipe["optim"].get("fused"))
+        self.optimizer, self.scheduler = timm_optimiser(self.model, recipe, self.steps, fused)
+        self.smoothing = recipe["loss"].get("label_smoothing", 0.0)
+        self.net = maybe_compile(self.model, args.compile)
+        self.generator = torch.Generator().manual_seed(recipe["seed"])
+        self.updates = 0
+        self.model.train()
+
+    def batches(self):
+        """One epoch's batch indices, in a fresh shuffled order."""
+        order = torch.randperm(len(self.data["train"][0]), generator=self.generator)
+        return [order[i * self.batch:(i + 1) * self.batch] for i in range(self.steps)]
+
+    def step(self, index: torch.Tensor) -> int:
+        x, y = self.data["train"]
+        loss = F.cross_entropy(self.net(x[index]), y[index], label_smoothing=self.smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.updates += 1
+        self.scheduler.step_update(num_updates=self.updates)
+        return len(index)
+
+    def accuracy(self, split: str) -> float:
+        accuracy = tensor_accuracy(self.model, *self.data[split], self.recipe["eval"]["batch_size"])
+        self.model.train()
+        return accuracy
+
+
 def run_limit(recipe: dict, tensors: dict, classes: list[str], args) -> dict:
-    """Training on normalised tensors in memory: the compute alone (same model, optimiser, schedule, loss)."""
-    train_cfg = recipe["train"]
-    seed_all(recipe["seed"])
-    model = timm_model(recipe, len(classes), args.channels_last)
-    mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
-    data = {split: ((x.float() / 255 - mean) / std, y) for split, (x, y) in tensors.items()}
-    if args.channels_last:
-        data = {s: (x.contiguous(memory_format=torch.channels_last), y) for s, (x, y) in data.items()}
-    (x_train, y_train), batch = data["train"], train_cfg["batch_size"]
-    steps = math.ceil(len(x_train) / batch)
-    # the optimiser implementation fer's run picks (fused kernels unless optim.fused says otherwise)
-    fused = use_fused is not None and use_fused([{"params": [p for p in model.parameters() if p.requires_grad]}],
-                                                recipe["optim"].get("fused"))
-    optimizer, scheduler = timm_optimiser(model, recipe, steps, fused)
-    smoothing = recipe["loss"].get("label_smoothing", 0.0)
-    net = maybe_compile(model, args.compile)
-    generator = torch.Generator().manual_seed(recipe["seed"])
-    rates, train_s, val_s, updates = [], 0.0, 0.0, 0
-    for epoch in range(train_cfg["epochs"]):
-        model.train()
+    """The limit's whole training: its epochs and per-epoch validation, timed."""
+    limit = LimitLoop(recipe, tensors, classes, args)
+    rates, train_s, val_s = [], 0.0, 0.0
+    for epoch in range(recipe["train"]["epochs"]):
         epoch_start = time.perf_counter()
-        order = torch.randperm(len(x_train), generator=generator)
-        for i in range(steps):
-            index = order[i * batch:(i + 1) * batch]
-            loss = F.cross_entropy(net(x_train[index]), y_train[index], label_smoothing=smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            updates += 1
-            scheduler.step_update(num_updates=updates)
+        seen = sum(limit.step(index) for index in limit.batches())
         elapsed = time.perf_counter() - epoch_start
         train_s += elapsed
-        rates.append(len(x_train) / elapsed)
+        rates.append(seen / elapsed)
         val_start = time.perf_counter()
-        accuracy = tensor_accuracy(model, *data["val"], recipe["eval"]["batch_size"])
+        accuracy = limit.accuracy("val")
         val_s += time.perf_counter() - val_start
-        scheduler.step(epoch + 1, accuracy)
-    test_accuracy = tensor_accuracy(model, *data["test"], recipe["eval"]["batch_size"])
+        limit.scheduler.step(epoch + 1, accuracy)
     return {"images_per_s": statistics.mean(rates), "epoch_rates": rates, "train_s": train_s, "val_s": val_s,
-            "wall_s": train_s + val_s, "test_accuracy": test_accuracy}
+            "wall_s": train_s + val_s, "test_accuracy": limit.accuracy("test")}
 
 
 @torch.no_grad()
@@ -292,6 +320,7 @@ def tensor_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int) -> floa
 def compare(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
+    tune_malloc()  # what fer's run sets for its process, before any side runs
     recipe = quickstart(args)
     root = Path(recipe["data"]["root"])
     classes = read_manifest(root)["classes"]

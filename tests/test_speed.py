@@ -1,12 +1,16 @@
 """Issue 20 (speed): the decoded-image cache and uint8 augments give the very batches of the plain path;
 channels_last, persistent workers, fused optimisers and the torch.compile fallback train and resume
-exactly; the run summary's throughput fields; smoke runs of the speed benchmarks at tiny sizes."""
+exactly; the run summary's throughput fields; malloc kept from returning tensor memory; smoke runs of the
+speed benchmarks at tiny sizes."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
 import json
+import os
+import platform
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -17,6 +21,7 @@ import torch
 from PIL import Image
 from rich.console import Console
 
+import fer_core.data.loader as loader_module
 import fer_core.train as train_module
 from fer_core.builtin.augments import hflip
 from fer_core.data.loader import pixel_augments
@@ -355,3 +360,56 @@ def test_forward_clock_times_the_passes_it_sees_and_detaches():
     assert clock.images == 13 and clock.seconds > 0
     assert clock.images_per_s() == pytest.approx(13 / clock.seconds, rel=0.01)
     assert ForwardClock(model, torch.device("cpu")).images_per_s() is None  # nothing seen: no figure
+
+
+MALLOC_PROBE = """
+import ctypes, json
+from fer_core.allocator import tune_malloc
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Mallinfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+tuned = tune_malloc()
+mapped = libc.mallinfo2().hblkhd
+block = libc.malloc(4 << 20)  # 4 MiB: mmapped under glibc's initial 128 KiB threshold
+mapped_after = libc.mallinfo2().hblkhd
+libc.free(block)
+print(json.dumps({"tuned": tuned, "mapped": mapped_after - mapped}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc only")
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_fer_run_keeps_freed_tensor_memory_in_the_heap(setting):
+    env = {**os.environ, "FER_MALLOC_TUNE": setting}
+    out = json.loads(subprocess.run([sys.executable, "-c", MALLOC_PROBE], env=env, check=True, capture_output=True,
+                                    text=True).stdout)
+    if setting == "1":  # a 4 MiB block comes from the heap, where a freed one is reused without new pages
+        assert out == {"tuned": True, "mapped": 0}
+    else:  # left as it is: glibc maps the block on its own
+        assert out["tuned"] is False and out["mapped"] >= 4 << 20
+
+
+def test_allocator_benchmark_runs_both_sides_in_fresh_processes():
+    result = benchmark("allocator").main(["--steps", "2", "--warmup", "0", "--repeats", "1", "--size", "32",
+                                          "--batch-size", "8"])
+    assert len(result["runs"]["system"]) == len(result["runs"]["tuned"]) == 1
+    assert all(value > 0 for values in result["runs"].values() for value in values)
+
+
+def test_limit_paired_steps_the_limit_inside_the_run_and_restores_the_loop(tmp_path):
+    before = (train_module.make_loader, loader_module.EpochLoader.__iter__)
+    result = benchmark("limit_paired").main(["--n", "70", "--epochs", "2", "--workers", "0", "--cache", str(tmp_path),
+                                             "-s", "train.batch_size=16"])
+    assert result["limit_steps"] == 2 * -(-result["train_images"] // 16)  # one after each of fer's batches
+    for side in ("fer", "limit"):
+        assert result[side]["images_per_s"] > 0 and result[side]["val_s"] > 0 and result[side]["test_s"] > 0
+    assert result["fer"]["wall_s"] > result["fer"]["train_s"] + result["fer"]["val_s"]
+    assert (train_module.make_loader, loader_module.EpochLoader.__iter__) == before
