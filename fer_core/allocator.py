@@ -4,7 +4,7 @@ By default glibc hands a freed block of 128 KiB or more back to the kernel (rais
 as it goes, up to 32 MiB), so a training step on the CPU often maps its activations and
 gradients afresh and the kernel zeroes every page again on first touch. With the mmap threshold
 at its 32 MiB maximum and the trim threshold at 1 GiB, blocks below 32 MiB are reused from
-malloc's heap instead: the quickstart model's steps run about 5 % faster on a 2-core CPU
+malloc's heap instead: the quickstart model's steps ran 4-12 % faster on a 2-core CPU
 (``benchmarks/allocator.py``), at the price of up to 1 GiB of freed memory kept by the process.
 
 Applied once per process by ``fer run`` when it trains on the CPU; worker processes forked

@@ -29,8 +29,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from timm.utils import ModelEmaV3
 
 from fer_core import __version__, distributed
-from fer_core.allocator import tune_malloc
 from fer_core.affect import AffectTask
+from fer_core.allocator import tune_malloc
 from fer_core.classify import ClassificationTask
 from fer_core.compiled import CompiledOrEager
 from fer_core.data.shards import read_manifest
