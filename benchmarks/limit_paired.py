@@ -23,7 +23,6 @@ Figures from a busy machine are not quiet-machine figures: the load average is p
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -40,13 +39,13 @@ import fer_core.data.loader as loader_module
 import fer_core.train as train_module
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmark, also when loaded by path
-from timm_compare import LimitLoop, in_memory, quickstart, read_manifest, run_fer  # noqa: E402
+import timm_compare as job
 
 
 class Pairing:
     """The limit's work slipped into fer's run, each piece timed."""
 
-    def __init__(self, limit: LimitLoop, every: int):
+    def __init__(self, limit: job.LimitLoop, every: int):
         self.limit, self.every = limit, every
         self.pending: list[torch.Tensor] = []
         self.step_s, self.step_images, self.steps, self.delivered = 0.0, 0, 0, 0
@@ -118,15 +117,16 @@ def installed(pairing: Pairing, task_class):
 
 
 def measure(args) -> dict:
-    recipe = quickstart(args)
+    recipe = job.quickstart(args)
     root = Path(recipe["data"]["root"])
-    classes = read_manifest(root)["classes"]
-    tensors = {split: in_memory(root, split, recipe["data"]["image_size"], classes) for split in ("train", "val", "test")}
-    limit = LimitLoop(recipe, tensors, classes, args)
+    classes = job.read_manifest(root)["classes"]
+    tensors = {split: job.in_memory(root, split, recipe["data"]["image_size"], classes)
+               for split in ("train", "val", "test")}
+    limit = job.LimitLoop(recipe, tensors, classes, args)
     pairing = Pairing(limit, args.every)
     load_before = os.getloadavg()
     with installed(pairing, train_module.TASKS[recipe["task"]]):
-        fer = run_fer(recipe, args)
+        fer = job.run_fer(recipe, args)
     train_images = len(tensors["train"][1])
     epoch_s = [train_images / rate - inserted for rate, inserted in zip(fer["epoch_rates"], pairing.inserted_by_epoch)]
     fer_rate = statistics.mean(train_images / s for s in epoch_s)
@@ -158,25 +158,12 @@ def show(result: dict, console: Console) -> None:
                       f"{m['test_s']:.1f}", f"{m['wall_s']:.1f}")
     console.print(table)
     console.print(f"fer test accuracy {100 * result['fer']['test_accuracy']:.2f} %", highlight=False)
-    for name, value in result["ratios"].items():
-        console.print(f"{name}: {value:.3f}", highlight=False)
-    before, after = (", ".join(f"{x:.2f}" for x in result[k]) for k in ("load_average_before", "load_average_after"))
-    console.print(f"load average (1, 5, 15 min) before: {before}; after: {after}", highlight=False)
+    job.show_ratios(result, console)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="quickstart")
-    parser.add_argument("--data", help="data.root (default: a draw of the recipe's synthetic faces under --cache)")
-    parser.add_argument("--n", type=int, help="synthetic faces to draw (default: the recipe's data.synth.n)")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser = job.job_parser(__doc__)
     parser.add_argument("--every", type=int, default=1, help="one limit step after every N of fer's batches")
-    parser.add_argument("--workers", type=int, default=2, help="fer's DataLoader workers")
-    parser.add_argument("--display", choices=("terminal", "plain"), default="terminal")
-    parser.add_argument("--cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "fer-bench"))
-    parser.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an override of fer's recipe")
-    parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     args.channels_last = args.compile = False
     result = measure(args)

@@ -382,32 +382,42 @@ def show(result: dict, console: Console) -> None:
         table.add_row(LABELS[side], f"{m['images_per_s']:.1f}", f"{m['train_s']:.1f}", val, f"{m['wall_s']:.1f}",
                       f"{100 * m['test_accuracy']:.1f} %", per_run)
     console.print(table)
+    show_ratios(result, console)
+
+
+def show_ratios(result: dict, console: Console) -> None:
     for name, value in result["ratios"].items():
         console.print(f"{name}: {value:.3f}", highlight=False)
     before, after = (", ".join(f"{x:.2f}" for x in result[k]) for k in ("load_average_before", "load_average_after"))
     console.print(f"load average (1, 5, 15 min) before: {before}; after: {after}", highlight=False)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def job_parser(description: str) -> argparse.ArgumentParser:
+    """The options that set the job (recipe, data, epochs, fer's workers and display, overrides, JSON output)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="quickstart")
     parser.add_argument("--data", help="data.root (default: a draw of the recipe's synthetic faces under --cache)")
     parser.add_argument("--n", type=int, help="synthetic faces to draw (default: the recipe's data.synth.n)")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs of every side; medians are shown")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of fer and of the timm-style loop")
-    parser.add_argument("--threads", type=int, help="torch threads of every side (default: torch's)")
-    parser.add_argument("--sides", default=",".join(SIDES), help="which of fer,timm,limit to run")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last on every side")
-    parser.add_argument("--compile", action="store_true", help="torch.compile on every side")
-    parser.add_argument("--timm-fused", action="store_true", help="fused AdamW kernels in the timm-style loop too "
-                        "(the limit always uses the implementation fer's run picks)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of fer (and of the timm-style loop)")
     parser.add_argument("--display", choices=("terminal", "plain"), default="terminal",
                         help="fer's progress display rendered as on a terminal (discarded) or as into a file")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "fer-bench"))
     parser.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override of fer's recipe")
     parser.add_argument("--json", type=Path, help="write the result here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = job_parser(__doc__)
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs of every side; medians are shown")
+    parser.add_argument("--threads", type=int, help="torch threads of every side (default: torch's)")
+    parser.add_argument("--sides", default=",".join(SIDES), help="which of fer,timm,limit to run")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last on every side")
+    parser.add_argument("--compile", action="store_true", help="torch.compile on every side")
+    parser.add_argument("--timm-fused", action="store_true", help="fused AdamW kernels in the timm-style loop too "
+                        "(the limit always uses the implementation fer's run picks)")
     args = parser.parse_args(argv)
     result = compare(args)
     show(result, Console(width=150))
