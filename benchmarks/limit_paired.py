@@ -51,7 +51,11 @@ class Pairing:
         self.step_s, self.step_images, self.steps, self.delivered = 0.0, 0, 0, 0
         self.inserted_by_epoch: list[float] = []  # limit time inside each of fer's training epochs
         self.eval_s = {"fer val": 0.0, "fer test": 0.0, "limit val": 0.0, "limit test": 0.0}
-        self.inserted_s = 0.0
+
+    @property
+    def inserted_s(self) -> float:
+        """All the limit's time inside fer's run: its steps and its evaluations."""
+        return self.step_s + self.eval_s["limit val"] + self.eval_s["limit test"]
 
     def limit_step(self) -> None:
         if not self.pending:
@@ -63,7 +67,6 @@ class Pairing:
         self.step_images += images
         self.steps += 1
         self.inserted_by_epoch[-1] += elapsed
-        self.inserted_s += elapsed
 
     def train_batches(self, batches):
         self.inserted_by_epoch.append(0.0)
@@ -80,7 +83,6 @@ class Pairing:
         accuracy = self.limit.accuracy(split)
         elapsed = time.perf_counter() - started
         self.eval_s[f"limit {split}"] += elapsed
-        self.inserted_s += elapsed
         if not final:
             self.limit.scheduler.step(len(self.inserted_by_epoch), accuracy)
 

@@ -22,22 +22,15 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's mallo
 MMAP_THRESHOLD = 32 << 20  # glibc's largest accepted value on 64-bit hosts
 TRIM_THRESHOLD = 1 << 30
 
-_tuned: bool | None = None
 
-
-def tune_malloc(environ=os.environ) -> bool:
-    """Set glibc's thresholds (once; later calls return the first outcome); whether they were set."""
-    global _tuned
-    if _tuned is not None:
-        return _tuned
-    _tuned = False
-    if environ.get("FER_MALLOC_TUNE", "1") in ("0", "false", "no") or platform.libc_ver()[0] != "glibc":
+def tune_malloc() -> bool:
+    """Set glibc's thresholds; whether they were set (setting them again is harmless)."""
+    if os.environ.get("FER_MALLOC_TUNE", "1") in ("0", "false", "no") or platform.libc_ver()[0] != "glibc":
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
     # mmap first: setting either one stops glibc's own adjustment of the mmap threshold
-    _tuned = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
-                                                                                       TRIM_THRESHOLD))
-    return _tuned
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
+                                                                                      TRIM_THRESHOLD))
