@@ -7,7 +7,7 @@ at its 32 MiB maximum and the trim threshold at 1 GiB, blocks below 32 MiB are r
 malloc's heap instead: the quickstart model's steps ran 4-12 % faster on a 2-core CPU
 (``benchmarks/allocator.py``), at the price of up to 1 GiB of freed memory kept by the process.
 
-Applied once per process by ``fer run`` when it trains on the CPU; worker processes forked
+Applied by ``fer run`` when it trains on the CPU (for its whole process); worker processes forked
 after it inherit the setting. ``FER_MALLOC_TUNE=0`` leaves malloc as it is. Elsewhere than
 glibc (macOS, Windows, musl) nothing changes.
 """
