@@ -95,9 +95,11 @@ def test_the_webcam_mode_boxes_and_labels_faces_live(server, browser, scene):
     browser.find_element(By.ID, "camera-start").click()
     status = browser.find_element(By.ID, "camera-status")
     WebDriverWait(browser, 90).until(lambda d: int(status.get_attribute("data-frames")) >= 3)
-    faces = browser.find_elements(By.CSS_SELECTOR, "#live-faces .face")
-    boxes = _boxes(faces)
-    assert len(boxes) == 3 and all(f.get_attribute("data-label") for f in faces)
+    # one script reads the whole list: each new frame replaces its elements, so found elements go stale
+    faces = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#live-faces .face'), f => [f.dataset.box, f.dataset.label]);")
+    boxes = [[float(v) for v in box.split(",")] for box, _ in faces]
+    assert len(boxes) == 3 and all(label for _, label in faces)
     assert all(max(iou(b, t.box) for b in boxes) >= 0.5 for t in truth.faces), boxes
     overlay = browser.execute_script(
         "const c = document.getElementById('camera-overlay');"
