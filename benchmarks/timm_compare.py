@@ -361,6 +361,8 @@ def ratios(medians: dict) -> dict:
     if "fer" in medians and "timm" in medians:
         out["fer/timm images/s"] = medians["fer"]["images_per_s"] / medians["timm"]["images_per_s"]
         out["fer/timm wall"] = medians["fer"]["wall_s"] / medians["timm"]["wall_s"]
+        timm_loop = medians["timm"]["train_s"] + medians["timm"]["val_s"]
+        out["fer wall / timm-style (train + validation)"] = medians["fer"]["wall_s"] / timm_loop
     if "fer" in medians and "limit" in medians:
         out["fer/limit images/s"] = medians["fer"]["images_per_s"] / medians["limit"]["images_per_s"]
         out["fer wall / limit (train + validation)"] = medians["fer"]["wall_s"] / medians["limit"]["wall_s"]
