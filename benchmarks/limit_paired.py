@@ -3,7 +3,7 @@
 This machine's speed drifts by 10-15 % over minutes even when it is quiet, so two runs taken one
 after the other (``timm_compare.py``) can differ by more than what they compare. Here the limit
 runs inside `fer run`: after every ``--every``-th training batch `fer run`'s loader delivers, the
-limit (``timm_compare.LimitLoop``: the same model, optimiser, schedule and loss stepping on
+limit (``compare_job.LimitLoop``: the same model, optimiser, schedule and loss stepping on
 normalised tensors already in memory) takes one step of its own, and after each of fer's
 evaluations the limit evaluates the same split on its tensors. Both sides thus meet the same
 machine speed within a second. The limit's time is timed apart and taken out of fer's:
@@ -24,7 +24,6 @@ Figures from a busy machine are not quiet-machine figures: the load average is p
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -39,7 +38,7 @@ import fer_core.data.loader as loader_module
 import fer_core.train as train_module
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmark, also when loaded by path
-import timm_compare as job
+import compare_job as job  # noqa: E402
 
 
 class Pairing:
@@ -168,11 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--every", type=int, default=1, help="one limit step after every N of fer's batches")
     args = parser.parse_args(argv)
     args.channels_last = args.compile = False
-    result = measure(args)
-    show(result, Console(width=150))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return job.finish(measure(args), show, args)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ class AffectTask(ClassificationTask):
             line += f", accuracy {record['val_accuracy']:.4f}"
         return line
 
-    def report(self, run_dir: Path, result: Mapping[str, Any], summary: dict[str, Any], loader,
+    def report(self, run_dir: Path, result: Mapping[str, Any], summary: dict[str, Any],
                counters: Mapping[str, Any]) -> None:
         s, name, split_name = self.setup, self.recipe["name"], summary["test_split"]
         _, trainable = count_parameters(self.model)

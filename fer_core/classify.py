@@ -99,7 +99,7 @@ class ClassificationTask(Task):
         return (f"train loss {record['train_loss']:.4f}, {split} accuracy {record['val_accuracy']:.4f}, "
                 f"macro F1 {record['val_f1_macro']:.4f}")
 
-    def report(self, run_dir: Path, result: Mapping[str, Any], summary: dict[str, Any], loader,
+    def report(self, run_dir: Path, result: Mapping[str, Any], summary: dict[str, Any],
                counters: Mapping[str, Any]) -> None:
         s, name, split = self.setup, self.recipe["name"], summary["test_split"]
         _, trainable = count_parameters(self.model)

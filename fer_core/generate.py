@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from fer_core.errors import FerError
+
+if TYPE_CHECKING:
+    import torch
 
 MODES = ("sample", "interpolate")
 RECONSTRUCTIONS = 32  # faces in the reconstructions PNG, shown as 8 (input, reconstruction) pairs per row

@@ -176,7 +176,7 @@ class PretrainTask(Task):
         save_samples(self.encoder, self.sample_images, self.setup.env.device,
                      run_dir / "samples" / f"epoch-{epoch:04d}.png")
 
-    def report(self, run_dir: Path, result: Mapping[str, Any], summary: dict[str, Any], loader,
+    def report(self, run_dir: Path, result: Mapping[str, Any], summary: dict[str, Any],
                counters: Mapping[str, Any]) -> None:
         before, after = counters["initial"], counters["last_val"]
         summary.update({"val_l1_before": before["l1"], "val_l1_after": after["l1"], "val_before": before,

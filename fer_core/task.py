@@ -123,9 +123,9 @@ class Task:
     def prepare(self, val_loader) -> None:
         """Once the loaders exist, before the first epoch (and at the same point when resuming)."""
 
-    def report(self, run_dir: Path, result: Mapping[str, Any], summary: dict[str, Any], loader,
+    def report(self, run_dir: Path, result: Mapping[str, Any], summary: dict[str, Any],
                counters: Mapping[str, Any]) -> None:
         """Complete ``summary`` (``test_split`` is set) with the task's figures from the test ``result``,
-        write the task's report files and print them; ``loader`` is the test split's."""
+        write the task's report files and print them."""
         raise NotImplementedError
 

@@ -9,7 +9,7 @@ split is scored; everything else is here. Everything the loop needs to continue 
 
 The step loop does not wait for the device: losses are summed on it and read (one host sync)
 every ``train.log_every`` optimiser steps and at the end of an epoch, which is also when a
-non-finite loss is caught.
+non-finite loss is caught (``fer_core.steps``).
 """
 
 from __future__ import annotations
@@ -43,14 +43,11 @@ from fer_core.pretrain import PretrainTask
 from fer_core.recipe import dump
 from fer_core.runs import (CHECKPOINT_KEYS, MetricsLog, load_checkpoint, new_run_dir, rng_state,
                            save_epoch_checkpoints, set_rng_state, write_json, write_text)
-from fer_core.task import Batch, Setup, Task
+from fer_core.steps import Window, to_device
+from fer_core.task import Setup, Task
 
 TASKS: dict[str, type[Task]] = {"classify": ClassificationTask, "pretrain": PretrainTask,
                                 "affect": AffectTask, "expression+affect": AffectTask}
-
-
-class NonFiniteLoss(FerError):
-    pass
 
 
 def seed_everything(seed: int) -> None:
@@ -330,61 +327,13 @@ def _run(recipe, out, resume, state, env, console, run_started):
         "train_images_per_s": log.epoch_mean("samples_per_s"),  # this run's epochs and a resumed run's earlier ones
         "time_to_first_step_s": round(first_step, 2) if first_step is not None else None,
     }
-    task.report(run_dir, result, summary, test_loader, counters)
+    task.report(run_dir, result, summary, counters)
     write_json(run_dir / "summary.json", summary)
     if summary["train_images_per_s"] is not None:
         console.print(f"training: {summary['train_images_per_s']:.0f} images/s (mean of epochs); time to first step "
                       f"{summary['time_to_first_step_s']} s", highlight=False)
     log.close()
     return run_dir
-
-
-def to_device(inputs: torch.Tensor, targets: Any, keys: list[str], device: torch.device,
-              memory_format: torch.memory_format | None = None) -> Batch:
-    """A loader batch on the run's device (non-blocking copies; images in ``memory_format``, e.g. channels_last)."""
-    inputs = inputs.to(device, non_blocking=True)
-    if memory_format is not None and inputs.dim() == 4:
-        inputs = inputs.contiguous(memory_format=memory_format)
-    if isinstance(targets, dict):
-        targets = {name: value.to(device, non_blocking=True) for name, value in targets.items()}
-    else:
-        targets = targets.to(device, non_blocking=True)
-    return Batch(inputs, targets, keys)
-
-
-class Window:
-    """Step outputs summed on the device since the last read: no host sync until ``read``."""
-
-    def __init__(self):
-        self.device_sums: dict[str, torch.Tensor] = {}
-        self.count = 0
-        self.first_step: int | None = None
-        self.last_step = 0
-        self.sums: dict[str, float] = {}
-
-    def add(self, outputs: dict[str, Any], n: int, step: int) -> None:
-        for name, value in outputs.items():
-            value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-            self.device_sums[name] = self.device_sums.get(name, 0.0) + value.float() * n
-        self.count += n
-        self.first_step = step if self.first_step is None else self.first_step
-        self.last_step = step
-
-    def read(self, env, epoch: int, saved_epoch: int) -> dict[str, float]:
-        """The window's means, read in one sync; NonFiniteLoss when one is not finite (on any rank)."""
-        names = list(self.device_sums)
-        values = torch.stack([self.device_sums[name].to(env.device) for name in names]).tolist() if names else []
-        self.sums = dict(zip(names, values))
-        bad = [name for name, value in self.sums.items() if not math.isfinite(value)]
-        if distributed.any_true(env, bool(bad)):
-            name = bad[0] if bad else "loss"
-            value = self.sums.get(name, float("nan")) / max(self.count, 1)
-            kept = (f"checkpoints/last.pt still holds epoch {saved_epoch}" if saved_epoch
-                    else "no epoch had finished, so there is no checkpoint")
-            raise NonFiniteLoss(
-                f"{name} became {value} at epoch {epoch + 1}, steps {self.first_step}-{self.last_step}; the run "
-                f"stopped and {kept}. Lower optim.lr, set train.clip_grad, or turn off train.amp")
-        return {name: value / max(self.count, 1) for name, value in self.sums.items()}
 
 
 def scalars(result: dict[str, Any]) -> dict[str, float]:

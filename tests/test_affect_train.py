@@ -4,11 +4,7 @@ unchanged, and a recipe asking for valence/arousal on data without them fails at
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
+from cli_runs import fer_run, killed_and_resumed  # noqa: E402
 from data_fixtures import pack_affect_colour_set, pack_colour_set  # noqa: E402
 from fer_core.cli import main  # noqa: E402
 from fer_core.plugins import get_registry  # noqa: E402
@@ -25,8 +22,6 @@ from fer_core.train import run  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FER = [sys.executable, "-m", "fer_core"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 RECIPE = """
 name: {name}
@@ -104,23 +99,9 @@ def test_affect_alone_learns_and_picks_best_by_mean_ccc(tmp_path, faces):
 
 def test_multitask_resume_after_kill_is_bit_identical(tmp_path, faces):
     recipe_path = write(tmp_path, faces, "expression+affect", "multitask", 3, workers=1)
-    straight = tmp_path / "straight"
-    subprocess.run([*FER, "run", str(recipe_path), "--out", str(straight)], check=True, env=ENV,
-                   capture_output=True, timeout=400)
-    reference = torch.load(next((straight / "tiny").iterdir()) / "checkpoints" / "last.pt", weights_only=True)
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([*FER, "run", str(recipe_path), "--out", str(killed)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not list(killed.glob("tiny/*/checkpoints/last.pt")) and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # inside epoch 2
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    run_dir = next((killed / "tiny").iterdir())
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["counters"]["epoch"] < 3
-    subprocess.run([*FER, "run", "--resume", str(run_dir)], check=True, env=ENV, capture_output=True, timeout=400)
+    straight = fer_run(recipe_path, tmp_path / "straight", timeout=400)
+    reference = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
+    run_dir = killed_and_resumed(recipe_path, tmp_path / "killed", epochs=3, after=0.5, timeout=400)
     resumed = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert resumed["model"].keys() == reference["model"].keys()
     for key, value in reference["model"].items():

@@ -174,8 +174,8 @@ def test_a_good_recipe_passes_the_dry_build_and_reports_the_shapes(data, tmp_pat
     recipe = recipe_with(tmp_path, data, {})
     result = CliRunner().invoke(main, ["recipe", "check", str(recipe)])
     assert result.exit_code == 0, result.output
-    assert result.stdout == (f"ok bad: identity -> timm -> linear (data 7 classes; dry build images [2, 3, 24, 24] "
-                             f"-> [2, 3, 24, 24] -> [2, 512] -> [2, 7], loss checked)\n")
+    assert result.stdout == ("ok bad: identity -> timm -> linear (data 7 classes; dry build images [2, 3, 24, 24] "
+                             "-> [2, 3, 24, 24] -> [2, 512] -> [2, 7], loss checked)\n")
 
 
 def test_the_fixture_plugin_still_lists_as_loaded(bad_plugin):

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import threading
@@ -347,6 +348,26 @@ def test_cached_batches_come_from_the_worker_slots_in_process(shards, workers, m
                          CLASSES, size, train=True, seed=3)
     lengths = [len(list(loader.stream.slot(w, workers, seed_rngs=False))) for w in range(workers)]
     assert workers == 2 or len(set(lengths)) > 1, lengths  # with 4 slots, some run out before the others
+
+
+class _Jitter(torch.nn.Module):
+    """A sample augment drawing from torch's, Python's and NumPy's RNGs."""
+
+    def forward(self, x):
+        return x + 0.01 * (torch.rand(()) + random.random() + np.random.rand())
+
+
+def test_without_workers_the_loader_gives_one_workers_batches_and_leaves_the_callers_rngs(shards):
+    augments = [hflip(0.5), _Jitter()]
+    one_worker = batches(shards, "train", cache=False, workers=1, augments=augments, size=11)
+    torch.manual_seed(5)
+    random.seed(5)
+    np.random.seed(5)
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    in_process = batches(shards, "train", cache=False, workers=0, augments=augments, size=11)
+    assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
+    assert np.array_equal(np.random.get_state()[1], before[2])
+    same(one_worker, in_process)
 
 
 def test_forward_clock_times_the_passes_it_sees_and_detaches():

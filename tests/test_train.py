@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from fer_core.cli import main
-from fer_core.data.pack import make_synth_dataset
-from fer_core.plugins import get_registry
-from fer_core.recipe import load_recipe
-from fer_core.registry import Component
-from fer_core.train import NonFiniteLoss, run
+sys.path.insert(0, str(Path(__file__).parent))
+from cli_runs import ENV, FER, fer_run, killed_and_resumed  # noqa: E402
+from fer_core.cli import main  # noqa: E402
+from fer_core.data.pack import make_synth_dataset  # noqa: E402
+from fer_core.plugins import get_registry  # noqa: E402
+from fer_core.recipe import load_recipe  # noqa: E402
+from fer_core.registry import Component  # noqa: E402
+from fer_core.steps import NonFiniteLoss  # noqa: E402
+from fer_core.train import run  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FER = [sys.executable, "-m", "fer_core"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 RECIPE = """
 name: tiny
@@ -87,23 +85,8 @@ def summary_classes(run_dir: Path) -> list[str]:
 
 def test_resume_after_kill_is_bit_identical(tmp_path, synth):
     recipe_path = write_recipe(tmp_path, synth, epochs=4, workers=1)
-    straight = tmp_path / "straight"
-    subprocess.run([*FER, "run", str(recipe_path), "--out", str(straight)], check=True, env=ENV,
-                   capture_output=True, timeout=300)
-    reference = final_weights(next((straight / "tiny").iterdir()))
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([*FER, "run", str(recipe_path), "--out", str(killed)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    while not list(killed.glob("tiny/*/checkpoints/last.pt")) and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # somewhere inside epoch 2
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    run_dir = next((killed / "tiny").iterdir())
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["counters"]["epoch"] < 4
-    subprocess.run([*FER, "run", "--resume", str(run_dir)], check=True, env=ENV, capture_output=True, timeout=300)
+    reference = final_weights(fer_run(recipe_path, tmp_path / "straight", timeout=300))
+    run_dir = killed_and_resumed(recipe_path, tmp_path / "killed", epochs=4, after=0.3, timeout=300)
     resumed = final_weights(run_dir)
     assert resumed.keys() == reference.keys()
     for key in reference:

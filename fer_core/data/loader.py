@@ -529,28 +529,31 @@ class EpochLoader:
         return self._batches()
 
     def _source(self) -> Iterable[dict]:
-        """The stream's batches: from the DataLoader, or with every image decoded in memory and batches not
-        pinned, from its workers' slots stepped in this process (``fer_core.data.slots``)."""
+        """The stream's batches: from the DataLoader's workers, or from their slots stepped in this process
+        (``fer_core.data.slots``) without workers (one slot) or with every image decoded in memory and
+        batches not pinned."""
         if self.stream.cache is None and self.cache_mb and not self.stream.decoder.latent:
             cache = DecodedCache(self.stream, IMAGE_KEYS)
             if cache.megabytes <= self.cache_mb:
                 cache.fill(self.stream, self.num_workers)
                 self.stream.cache = cache
             self.cache_mb = 0  # decided once
-        if self.stream.cache is not None and self.num_workers and not self.pin_memory:
+        if not self.num_workers:  # the batches of one worker, and the caller's RNGs untouched
+            return in_process(self.stream, 1)
+        if self.stream.cache is not None and not self.pin_memory:
             return in_process(self.stream, self.num_workers)
         return self._dataloader()
 
     def _dataloader(self) -> DataLoader:
         if self._loader is not None:
             return self._loader
-        persistent = self.persistent_workers and self.num_workers > 0
+        persistent = self.persistent_workers  # only called with workers
         # persistent workers start once per process: their DataLoader draws its seed from its own generator,
         # not from the global RNG, or a resumed run's random numbers would be shifted against the straight run's
         generator = (torch.Generator().manual_seed(stable_seed(self.stream.seed, self.stream.rank))
                      if persistent else None)
         loader = DataLoader(self.stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
-                            persistent_workers=persistent, prefetch_factor=4 if self.num_workers else None,
+                            persistent_workers=persistent, prefetch_factor=4,
                             generator=generator)
         if persistent:
             self._loader = loader
@@ -563,7 +566,7 @@ class EpochLoader:
         pending: list[dict] = []
         delivered = 0
         last = None
-        for batch in self._isolated(loader):
+        for batch in loader:
             self.corrupt.extend(batch["corrupt"])
             if batch["inputs"] is None:
                 continue
@@ -587,23 +590,6 @@ class EpochLoader:
         while self.stream.train and delivered < expected and last is not None:  # short rank: keep ranks in step
             delivered += 1
             yield _delivered(last)
-
-    def _isolated(self, loader: Iterable[dict]) -> Iterator[dict]:
-        """Without workers, sample augments must not consume the training RNG."""
-        if self.num_workers:
-            yield from loader
-            return
-        iterator = iter(loader)
-        state = torch.Generator().manual_seed(
-            stable_seed(self.stream.seed, self.stream.epoch, self.stream.rank)).get_state()
-        while True:
-            with torch.random.fork_rng(devices=[]):
-                torch.set_rng_state(state)
-                batch = next(iterator, None)
-                state = torch.get_rng_state()
-            if batch is None:
-                return
-            yield batch
 
 
 def _delivered(batch: dict) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor], list[str]]:
