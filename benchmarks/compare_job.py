@@ -98,6 +98,12 @@ def in_memory(root: Path, split: str, size: int, classes: list[str]) -> tuple[to
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
 
 
+def in_memory_splits(recipe: dict, classes: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The train, val and test splits of the recipe's data as the limit takes them (``in_memory``)."""
+    root, size = Path(recipe["data"]["root"]), recipe["data"]["image_size"]
+    return {split: in_memory(root, split, size, classes) for split in ("train", "val", "test")}
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -121,8 +121,7 @@ def measure(args) -> dict:
     recipe = job.quickstart(args)
     root = Path(recipe["data"]["root"])
     classes = job.read_manifest(root)["classes"]
-    tensors = {split: job.in_memory(root, split, recipe["data"]["image_size"], classes)
-               for split in ("train", "val", "test")}
+    tensors = job.in_memory_splits(recipe, classes)
     limit = job.LimitLoop(recipe, tensors, classes, args)
     pairing = Pairing(limit, args.every)
     load_before = os.getloadavg()
@@ -133,13 +132,14 @@ def measure(args) -> dict:
     fer_rate = statistics.mean(train_images / s for s in epoch_s)
     limit_rate = pairing.step_images / pairing.step_s
     epochs = len(epoch_s)
-    limit_wall = epochs * train_images / limit_rate + pairing.eval_s["limit val"]
+    limit_train_s = epochs * train_images / limit_rate  # fer's epochs of images at the limit's rate
+    limit_wall = limit_train_s + pairing.eval_s["limit val"]
     fer_wall = fer["wall_s"] - pairing.inserted_s
     return {"recipe": recipe["name"], "epochs": epochs, "every": args.every, "threads": torch.get_num_threads(),
             "train_images": train_images, "limit_steps": pairing.steps,
             "fer": {"images_per_s": fer_rate, "train_s": sum(epoch_s), "val_s": pairing.eval_s["fer val"],
                     "test_s": pairing.eval_s["fer test"], "wall_s": fer_wall, "test_accuracy": fer["test_accuracy"]},
-            "limit": {"images_per_s": limit_rate, "train_s": epochs * train_images / limit_rate,
+            "limit": {"images_per_s": limit_rate, "train_s": limit_train_s,
                       "val_s": pairing.eval_s["limit val"], "test_s": pairing.eval_s["limit test"],
                       "wall_s": limit_wall},
             "ratios": {"fer/limit images/s": fer_rate / limit_rate,

@@ -52,7 +52,7 @@ from rich.table import Table
 from timm.loss import LabelSmoothingCrossEntropy
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling module, also when loaded by path
-from compare_job import (LimitLoop, export_imagefolder, finish, in_memory, job_parser, maybe_compile,  # noqa: E402
+from compare_job import (LimitLoop, export_imagefolder, finish, in_memory_splits, job_parser, maybe_compile,  # noqa: E402
                          quickstart, read_manifest, run_fer, seed_all, show_ratios, timm_model, timm_optimiser,
                          tune_malloc)
 
@@ -155,14 +155,14 @@ def compare(args) -> dict:
     tune_malloc()  # what fer's run sets for its process, before any side runs
     recipe = quickstart(args)
     root = Path(recipe["data"]["root"])
-    classes = read_manifest(root)["classes"]
+    manifest = read_manifest(root)
+    classes = manifest["classes"]
     sides = [s for s in SIDES if s in args.sides.split(",")]
     folder = tensors = None
     if "timm" in sides:
         folder = export_imagefolder(root, Path(str(root).rstrip("/") + "-imagefolder"))
     if "limit" in sides:
-        tensors = {split: in_memory(root, split, recipe["data"]["image_size"], classes)
-                   for split in ("train", "val", "test")}
+        tensors = in_memory_splits(recipe, classes)
     load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     for repeat in range(args.repeats):
@@ -181,17 +181,17 @@ def compare(args) -> dict:
     for side in ("timm", "limit"):
         if side in medians:
             medians[side]["val_s"] = statistics.median(r["val_s"] for r in runs[side])
-    return {"recipe": recipe["name"], "data": str(root), "train_samples": read_manifest(root)["splits"]["train"]["count"],
+    return {"recipe": recipe["name"], "data": str(root), "train_samples": manifest["splits"]["train"]["count"],
             "epochs": args.epochs, "threads": torch.get_num_threads(), "workers": args.workers,
             "options": {"channels_last": args.channels_last, "compile": args.compile, "timm_fused": args.timm_fused},
             "repeats": args.repeats, "runs": runs, "median": medians, "ratios": ratios(medians),
-            "repeat_ratios": repeat_ratios(runs) if args.repeats > 1 else {},
+            "repeat_ratios": repeat_ratios(runs, args.repeats) if args.repeats > 1 else {},
             "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())}
 
 
-def repeat_ratios(runs: dict[str, list[dict]]) -> dict:
+def repeat_ratios(runs: dict[str, list[dict]], repeats: int) -> dict:
     """The median over repeats of each repeat's own ratios: sides run minutes apart, less drift between them."""
-    each = [ratios({side: results[i] for side, results in runs.items()}) for i in range(len(next(iter(runs.values()))))]
+    each = [ratios({side: results[i] for side, results in runs.items()}) for i in range(repeats)]
     return {name: statistics.median(r[name] for r in each) for name in each[0]}
 
 

@@ -286,11 +286,17 @@ def test_profile_run_accounts_for_the_steps_of_a_real_run(tmp_path):
 
 
 def test_timm_compare_runs_the_three_sides_on_the_same_images(tmp_path):
-    result = benchmark("timm_compare").main(["--n", "70", "--epochs", "1", "--workers", "0", "--cache", str(tmp_path)])
+    result = benchmark("timm_compare").main(["--n", "70", "--epochs", "1", "--workers", "0", "--cache", str(tmp_path),
+                                             "--repeats", "2"])
     assert set(result["median"]) == {"fer", "timm", "limit"}
     for side in result["median"].values():
         assert side["images_per_s"] > 0 and 0 <= side["test_accuracy"] <= 1 and side["wall_s"] > 0
     assert {"fer/timm images/s", "fer/limit images/s"} <= set(result["ratios"])
+    # each repeat's own ratio, from the runs of that repeat; their median over the two repeats
+    own = [r["fer"]["images_per_s"] / r["limit"]["images_per_s"]
+           for r in ({side: runs[i] for side, runs in result["runs"].items()} for i in range(2))]
+    assert set(result["repeat_ratios"]) == set(result["ratios"])
+    assert result["repeat_ratios"]["fer/limit images/s"] == pytest.approx(sum(own) / 2)
     folder = next(tmp_path.glob("*-imagefolder"))
     assert len(list((folder / "train").rglob("*.png"))) == result["train_samples"] > 0
 
